@@ -1,0 +1,35 @@
+# The two commands a newcomer needs: `make demo` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+export NUMBA_CACHE_DIR ?= $(CURDIR)/.cache/numba
+export MPLCONFIGDIR ?= $(CURDIR)/.cache/mpl
+export QT_QPA_PLATFORM ?= offscreen
+
+.PHONY: venv demo test bench lint clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: setup.cfg pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test,gui,ctapipe,ml,metrics]'
+	touch $@
+
+demo: venv
+	$(BIN)/flow run configs/demo.yaml
+
+test: venv
+	$(BIN)/python -m pytest tests $(PYTEST_ARGS)
+
+bench: venv
+	$(BIN)/python bench/throughput.py --quick
+	$(BIN)/python bench/scaling.py --quick
+	$(BIN)/python bench/stages.py --quick
+	$(BIN)/python bench/realdata.py --quick
+
+lint: venv
+	$(BIN)/ruff check flow stages gui tests bench
+
+clean:
+	rm -rf $(VENV) .cache build *.egg-info
