@@ -1,0 +1,436 @@
+"""The payload codec: one event (a Python value) <-> a list of ZeroMQ frames, without pickle.
+
+Contract: ``decode(encode(x)) == x`` for every value built from dict (str or int keys), list, tuple
+(comes back as list), str, int (64-bit), float, bool, None, bytes, numeric/bool numpy arrays and
+scalars, and astropy Quantities (unit and dtype exact). Anything else raises `ProtocolError` naming
+the path of the offending value. `decode` raises `ProtocolError` and nothing else on any input.
+
+Frames are ``[header, buf1, buf2, ...]``: the header is msgpack; arrays larger than ``inline_max``
+bytes travel as their own frame, passed to ZeroMQ without a copy and read back as zero-copy,
+read-only views. The wire format (ext codes, allow-list) is described in docs/codec.md.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+import sys
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import msgpack
+import numpy as np
+
+from flow.errors import ProtocolError
+
+__all__ = ["encode", "decode", "encoded_size"]
+
+# msgpack ext codes (see docs/codec.md)
+EXT_NDARRAY_INLINE = 1  # ndim:u8 dlen:u8 dtype shape:u64[ndim] pad-to-8 raw-bytes
+EXT_NDARRAY_FRAME = 2  # ndim:u8 dlen:u8 dtype shape:u64[ndim] frame-index:u32
+EXT_NUMPY_SCALAR = 3  # dlen:u8 dtype raw-bytes(itemsize)
+EXT_QUANTITY = 4  # ulen:u16 unit-utf8 kind:u8 (1 or 2) then the ndarray payload of that kind
+
+MAX_NDIM = 32
+MAX_DEPTH = 256  # nesting of dicts/lists accepted by encode
+MAX_UNIT_LEN = 256
+_INT_MIN, _INT_MAX = -(1 << 63), (1 << 64) - 1
+
+# The allow-list: every numeric and bool dtype, in both byte orders. Nothing else is decoded.
+_DTYPES: dict[str, np.dtype] = {}
+for _c in "?bBhHiIqQefdFD":
+    for _d in (np.dtype(_c), np.dtype(_c).newbyteorder(">")):
+        _DTYPES[_d.str] = _d
+_DTYPE_BYTES = {s: s.encode("ascii") for s in _DTYPES}
+_BYTES_DTYPE = {b: _DTYPES[s] for s, b in _DTYPE_BYTES.items()}
+_BOOL = np.dtype("?")
+
+_U8, _U16, _U32 = struct.Struct("<B"), struct.Struct("<H"), struct.Struct("<I")
+_SHAPES = [struct.Struct(f"<{n}Q") for n in range(MAX_NDIM + 1)]
+_PAD = [b"\0" * n for n in range(8)]
+
+# msgpack decodes its reserved timestamp ext (-1) itself, without calling ext_hook; these are the
+# only byte forms it accepts, so a header without them cannot hold one (see _reject_timestamps).
+_TIMESTAMP_MARKS = (b"\xd6\xff", b"\xd7\xff", b"\xc7\x0c\xff")
+
+_UNIT_TO_STR: dict = {}  # astropy unit -> string, checked to parse back to an equal unit
+_STR_TO_UNIT: dict = {}  # string -> astropy unit; u.Unit(s) costs ~0.2 ms, so cache (bounded)
+
+
+class _Unsupported(Exception):
+    """Internal: a value the codec cannot carry; `encode` turns it into a ProtocolError with a path."""
+
+
+# ---------------------------------------------------------------------------------------- encode
+
+
+def _array_payload(arr: np.ndarray, frames: list, inline_max: int, prefix: bytes = b"") -> tuple:
+    """(ext kind, payload) for an ndarray; large arrays are appended to `frames` without a copy."""
+    dt = _DTYPE_BYTES.get(arr.dtype.str)
+    if dt is None:
+        raise _Unsupported(_dtype_reason(arr.dtype))
+    if arr.ndim > MAX_NDIM:
+        raise _Unsupported(f"array has {arr.ndim} dimensions (at most {MAX_NDIM})")
+    if not arr.flags.c_contiguous:
+        arr = arr.copy(order="C")
+    head = prefix + _U8.pack(arr.ndim) + _U8.pack(len(dt)) + dt + _SHAPES[arr.ndim].pack(*arr.shape)
+    if arr.nbytes <= inline_max:
+        return EXT_NDARRAY_INLINE, head + _PAD[-len(head) % 8] + arr.tobytes()
+    frames.append(memoryview(arr.reshape(-1).view(np.uint8)))
+    return EXT_NDARRAY_FRAME, head + _U32.pack(len(frames) - 1)
+
+
+def _quantity_payload(q, frames: list, inline_max: int) -> bytes:
+    s = _UNIT_TO_STR.get(q.unit) or _unit_string(q.unit)
+    arr = q.view(np.ndarray)
+    kind = EXT_NDARRAY_INLINE if arr.nbytes <= inline_max else EXT_NDARRAY_FRAME
+    prefix = _U16.pack(len(s.encode())) + s.encode() + _U8.pack(kind)
+    return _array_payload(arr, frames, inline_max, prefix)[1]
+
+
+def _unit_string(unit) -> str:
+    import astropy.units as u
+
+    if not isinstance(unit, u.UnitBase):
+        raise _Unsupported(f"unit {unit} of type {type(unit).__name__} is not supported")
+    s = unit.to_string()
+    if len(s.encode()) > MAX_UNIT_LEN or u.Unit(s) != unit:
+        raise _Unsupported(f"unit {unit} does not round-trip through its string form {s!r}")
+    if len(_UNIT_TO_STR) < 1024:
+        _UNIT_TO_STR[unit] = s
+    return s
+
+
+def _dtype_reason(dt: np.dtype) -> str:
+    return (f"dtype {dt} is not supported (only bool, int8..uint64, float16/32/64 and "
+            f"complex64/128 arrays; send structured fields as separate arrays)")
+
+
+class _Encoder:
+    """Per-thread packer and the frame list of the call in progress (msgpack's Packer is stateful)."""
+
+    def __init__(self):
+        self.frames: list = []
+        self.inline_max = 0
+        self.packer = msgpack.Packer(default=self.default, use_bin_type=True, strict_types=True)
+
+    def default(self, obj: Any) -> Any:
+        t = type(obj)
+        if t is np.ndarray:
+            return msgpack.ExtType(*_array_payload(obj, self.frames, self.inline_max))
+        if t is tuple:
+            return list(obj)
+        if isinstance(obj, np.generic):
+            dt = _DTYPE_BYTES.get(obj.dtype.str)
+            if dt is None:
+                raise _Unsupported(f"numpy scalar type {t.__name__} is not supported (only bool, "
+                                   f"int, uint, float and complex scalars)")
+            return msgpack.ExtType(EXT_NUMPY_SCALAR, _U8.pack(len(dt)) + dt + obj.tobytes())
+        units = sys.modules.get("astropy.units")  # a Quantity exists only if astropy is imported
+        if units is not None and isinstance(obj, units.Quantity):
+            return msgpack.ExtType(EXT_QUANTITY, _quantity_payload(obj, self.frames, self.inline_max))
+        if isinstance(obj, np.ma.MaskedArray):
+            raise _Unsupported("masked arrays are not supported (send .filled() and the mask)")
+        if isinstance(obj, np.ndarray):  # other subclasses (memmap, ...) travel as plain arrays
+            return msgpack.ExtType(*_array_payload(np.asarray(obj), self.frames, self.inline_max))
+        if isinstance(obj, dict):
+            return dict(obj)
+        if isinstance(obj, (list, tuple)):
+            return list(obj)
+        if t is int:
+            raise _Unsupported("int out of the 64-bit range")
+        raise _Unsupported(_type_reason(obj))
+
+
+def _type_reason(v: Any) -> str:
+    t = type(v)
+    if t is set or t is frozenset:
+        hint = "convert it to a list or array"
+    elif isinstance(v, (str, bytes, int, float)):  # subclasses: enums, np.str_, ...
+        hint = f"convert it with {next(b for b in (str, bytes, int, float) if isinstance(v, b)).__name__}()"
+    else:
+        hint = "convert it to a dict, list or array"
+    return f"type {t.__name__} is not supported ({hint})"
+
+
+_local = threading.local()
+
+
+def _encoder() -> _Encoder:
+    try:
+        return _local.encoder
+    except AttributeError:
+        _local.encoder = _Encoder()
+        return _local.encoder
+
+
+def encode(obj: Any, *, inline_max: int = 1024) -> list:
+    """Frames ``[header, buf1, ...]`` for `obj`; arrays over `inline_max` bytes get their own frame.
+
+    Frame buffers are memoryviews of the caller's arrays (no copy): do not modify those arrays until
+    the frames are sent. Raises `ProtocolError` naming the path of a value that cannot be encoded.
+    """
+    if _keys_ok(obj, 0) is False:
+        raise _explain(obj, None)
+    enc = _encoder()
+    frames = enc.frames = [b""]
+    enc.inline_max = inline_max
+    try:
+        frames[0] = enc.packer.pack(obj)
+    except Exception as exc:
+        enc.packer.reset()
+        raise _explain(obj, exc) from None
+    finally:
+        enc.frames = []
+    return frames
+
+
+_CONTAINERS = (dict, list, tuple)
+_LEAVES = frozenset([str, int, float, bool, type(None), bytes, np.ndarray])
+
+
+def _keys_ok(obj: Any, depth: int) -> bool:
+    """Fast pre-check msgpack cannot do: dict keys are str or int, and nesting is bounded."""
+    if depth > MAX_DEPTH:
+        return False
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            tk = type(k)
+            if tk is not str and tk is not int:
+                return False
+            tv = type(v)
+            if tv not in _LEAVES and isinstance(v, _CONTAINERS) and not _keys_ok(v, depth + 1):
+                return False
+    elif isinstance(obj, (list, tuple)):
+        for v in obj:
+            tv = type(v)
+            if tv not in _LEAVES and isinstance(v, _CONTAINERS) and not _keys_ok(v, depth + 1):
+                return False
+    return True
+
+
+def _leaf_reason(v: Any) -> str | None:
+    """Why the non-container value `v` cannot be encoded, or None when it can."""
+    t = type(v)
+    if t is int:
+        return None if _INT_MIN <= v <= _INT_MAX else "int out of the 64-bit range"
+    if t in (str, float, bool, type(None), bytes, bytearray, memoryview):
+        return None
+    checker = _Encoder()
+    checker.inline_max = -1  # every array takes the frame path: nothing is copied while checking
+    try:
+        checker.default(v)
+    except Exception as exc:  # _Unsupported, or e.g. a unit that fails to parse
+        return str(exc) if isinstance(exc, _Unsupported) else f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def _explain(obj: Any, exc: Exception | None) -> ProtocolError:
+    found = _find_problem(obj, "event", 0)
+    if found is None:
+        return ProtocolError(f"cannot encode value: {exc}")
+    path, reason = found
+    return ProtocolError(f"cannot encode value at {path}: {reason}")
+
+
+def _find_problem(obj: Any, path: str, depth: int) -> tuple[str, str] | None:
+    if depth > MAX_DEPTH:
+        path = path if len(path) < 80 else path[: path.rfind("[", 0, 60)] + "[...]"
+        return path, f"nesting deeper than {MAX_DEPTH} levels (is the value cyclic?)"
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            if type(k) is not str and type(k) is not int:
+                return path, f"key {k!r} of type {type(k).__name__} is not supported (keys are str or int)"
+            found = _find_problem(v, f"{path}[{k!r}]", depth + 1)
+            if found:
+                return found
+        return None
+    if isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            found = _find_problem(v, f"{path}[{i}]", depth + 1)
+            if found:
+                return found
+        return None
+    reason = _leaf_reason(obj)
+    return (path, reason) if reason else None
+
+
+def encoded_size(frames: Sequence) -> int:
+    """Total bytes of `frames` (header and buffers)."""
+    total = 0
+    for f in frames:
+        total += len(f) if type(f) is bytes else memoryview(f).nbytes
+    return total
+
+
+# ---------------------------------------------------------------------------------------- decode
+
+
+class _Decoder:
+    """Per-thread state of the decode in progress: the frames and the next frame index expected."""
+
+    def __init__(self):
+        self.frames: Sequence = ()
+        self.next = 1
+
+    def ext_hook(self, code: int, data: bytes) -> Any:
+        if code == EXT_NDARRAY_INLINE or code == EXT_NDARRAY_FRAME:
+            return self.array(code, data, 0)
+        if code == EXT_NUMPY_SCALAR:
+            dt, off = _parse_dtype(data, 0)
+            if len(data) != off + dt.itemsize:
+                raise ProtocolError("numpy scalar: payload length does not match its dtype")
+            arr = np.frombuffer(data, dt, 1, off)
+            _check_bool(arr)
+            return arr[0]
+        if code == EXT_QUANTITY:
+            return self.quantity(data)
+        raise ProtocolError(f"unknown msgpack ext code {code}")
+
+    def array(self, code: int, data: bytes, off: int) -> np.ndarray:
+        ndim, off = _take(_U8, data, off)
+        if ndim > MAX_NDIM:
+            raise ProtocolError(f"array has {ndim} dimensions (at most {MAX_NDIM})")
+        dt, off = _parse_dtype(data, off)
+        shape, off = _take(_SHAPES[ndim], data, off, many=True)
+        count = math.prod(shape)
+        if code == EXT_NDARRAY_INLINE:
+            off += -off % 8
+            buf = data
+            if len(data) - off != count * dt.itemsize:
+                raise ProtocolError("inline array: data length does not match shape and dtype")
+        elif code == EXT_NDARRAY_FRAME:
+            index, end = _take(_U32, data, off)
+            if end != len(data):
+                raise ProtocolError("array frame reference: trailing bytes")
+            buf, off = self.frame(index), 0
+            if buf.nbytes != count * dt.itemsize:
+                raise ProtocolError(f"frame {index}: length does not match shape and dtype")
+        else:
+            raise ProtocolError(f"quantity: unknown array kind {code}")
+        arr = np.frombuffer(buf, dt, count, off).reshape(shape)
+        arr.flags.writeable = False
+        _check_bool(arr)
+        return arr
+
+    def frame(self, index: int) -> memoryview:
+        if index != self.next:
+            if 1 <= index < self.next:
+                raise ProtocolError(f"frame {index} is referenced twice")
+            raise ProtocolError(f"frame index {index} out of order or range (expected {self.next})")
+        if index >= len(self.frames):
+            raise ProtocolError(f"frame index {index} out of range ({len(self.frames)} frames)")
+        self.next += 1
+        return _as_bytes_view(self.frames[index])
+
+    def quantity(self, data: bytes):
+        ulen, off = _take(_U16, data, 0)
+        if ulen > MAX_UNIT_LEN or off + ulen > len(data):
+            raise ProtocolError("quantity: bad unit length")
+        s = data[off : off + ulen].decode()
+        kind, off = _take(_U8, data, off + ulen)
+        arr = self.array(kind, data, off)
+        import astropy.units as u
+
+        unit = _STR_TO_UNIT.get(s)
+        if unit is None:
+            try:
+                unit = u.Unit(s)
+            except Exception as exc:
+                raise ProtocolError(f"quantity: bad unit string {s!r}") from exc
+            if not isinstance(unit, u.UnitBase):
+                raise ProtocolError(f"quantity: unsupported unit {s!r}")
+            if len(_STR_TO_UNIT) >= 512:
+                _STR_TO_UNIT.clear()
+            _STR_TO_UNIT[s] = unit
+        return u.Quantity(arr, unit, dtype=arr.dtype, copy=False)
+
+
+def _take(st: struct.Struct, data: bytes, off: int, many: bool = False) -> tuple:
+    if off + st.size > len(data):
+        raise ProtocolError("truncated ext payload")
+    values = st.unpack_from(data, off)
+    return (values if many else values[0]), off + st.size
+
+
+def _parse_dtype(data: bytes, off: int) -> tuple[np.dtype, int]:
+    dlen, off = _take(_U8, data, off)
+    dt = _BYTES_DTYPE.get(data[off : off + dlen])
+    if dt is None:
+        raise ProtocolError(f"dtype {data[off:off + dlen]!r} is not in the allow-list")
+    return dt, off + dlen
+
+
+def _check_bool(arr: np.ndarray) -> None:
+    if arr.dtype == _BOOL and arr.size and arr.view(np.uint8).max() > 1:
+        raise ProtocolError("bool array holds bytes other than 0 and 1")
+
+
+def _as_bytes_view(frame: Any) -> memoryview:
+    """A flat byte view of a frame: bytes, bytearray, memoryview, or zmq.Frame."""
+    if type(frame) is not bytes:
+        frame = getattr(frame, "buffer", frame)  # zmq.Frame received with copy=False
+    mv = memoryview(frame)
+    if mv.ndim != 1 or mv.format != "B":
+        mv = mv.cast("B")
+    return mv
+
+
+def _decoder() -> _Decoder:
+    try:
+        return _local.decoder
+    except AttributeError:
+        _local.decoder = _Decoder()
+        return _local.decoder
+
+
+def decode(frames: Sequence, *, max_frames: int = 10_000, max_header: int = 64 << 20) -> Any:
+    """The value encoded in `frames`; raises `ProtocolError` (only) when they are not a valid payload.
+
+    Arrays sent in their own frame are zero-copy views of that frame; all arrays are read-only.
+    """
+    dec = _decoder()
+    if dec.frames:  # re-entered from another decode on this thread (cannot happen today)
+        dec = _Decoder()
+    try:
+        n = len(frames)
+        if not 1 <= n <= max_frames:
+            raise ProtocolError(f"payload has {n} frames (expected 1 to {max_frames})")
+        header = frames[0]
+        if type(header) is not bytes:
+            header = _as_bytes_view(header)
+            if header.nbytes <= max_header:
+                header = header.tobytes()
+        if len(header) > max_header:
+            raise ProtocolError(f"header of {len(header)} bytes exceeds max_header={max_header}")
+        dec.frames, dec.next = frames, 1
+        obj = msgpack.unpackb(
+            header, ext_hook=dec.ext_hook, raw=False, strict_map_key=False,
+            max_str_len=max_header, max_bin_len=max_header, max_array_len=max_header,
+            max_map_len=max_header, max_ext_len=max_header,
+        )
+        if dec.next != n:
+            raise ProtocolError(f"payload has {n - dec.next} unreferenced frame(s)")
+        if any(m in header for m in _TIMESTAMP_MARKS):
+            _reject_timestamps(obj, 0)
+        return obj
+    except ProtocolError:
+        raise
+    except Exception as exc:  # msgpack, numpy, struct, unicode errors: all mean a bad payload
+        raise ProtocolError(f"malformed payload: {type(exc).__name__}: {exc}") from None
+    finally:
+        dec.frames = ()
+
+
+def _reject_timestamps(obj: Any, depth: int) -> None:
+    t = type(obj)
+    if t is msgpack.Timestamp:
+        raise ProtocolError("unknown msgpack ext code -1 (timestamp)")
+    if t is dict:
+        for k, v in obj.items():
+            _reject_timestamps(k, depth + 1)
+            _reject_timestamps(v, depth + 1)
+    elif t is list:
+        for v in obj:
+            _reject_timestamps(v, depth + 1)
