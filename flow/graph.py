@@ -262,8 +262,8 @@ def _sibling_hint(missing: str) -> str:
         siblings = [m.name for m in pkgutil.iter_modules(getattr(package, "__path__", []))]
     except Exception:
         siblings = []
-    return (did_you_mean(leaf, siblings) or
-            f"modules in '{parent}': {', '.join(sorted(siblings)) or 'none'}")
+    full = [f"{parent}.{name}" for name in siblings]
+    return did_you_mean(missing, full) or f"modules in '{parent}': {', '.join(sorted(full)) or 'none'}"
 
 
 def _getattr_path(obj: Any, module_name: str, attr: str) -> Any:
@@ -289,15 +289,23 @@ def validate(graph: Graph) -> Graph:
     return graph
 
 
-def check(graph: Graph) -> list[ConfigError]:
-    """Every problem of ``graph`` as a list of `ConfigError` / `GraphError`, sorted by file and line."""
-    errors: list[ConfigError] = []
-    errors += _check_router(graph)
+def check(graph: Graph, partial: bool = False) -> list[ConfigError]:
+    """Every problem of ``graph`` as a list of `ConfigError` / `GraphError`, sorted by file and line.
+
+    ``partial``: the graph was built from a description with errors already reported (some steps or
+    edges may be missing), so the checks that would only repeat them (no steps, unreachable) are
+    skipped.
+    """
+    errors: list[ConfigError] = _check_router(graph)
     seen: dict[str, StepSpec] = {}
+    doubtful: set[str] = set()   # steps whose effective kind is unknown
     for spec in graph.steps:
-        errors += _check_step(spec, seen)
+        step_errors = _check_step(spec, seen)
+        if any(e.line == spec.line_of("kind") and "kind" in e.message for e in step_errors):
+            doubtful.add(spec.name)
+        errors += step_errors
         seen.setdefault(spec.name, spec)
-    errors += _check_shape(graph)
+    errors += _check_shape(graph, doubtful, partial)
     return sort_errors(errors)
 
 
@@ -388,13 +396,14 @@ def _check_class_params(spec: StepSpec, cls: type, label: str) -> list[ConfigErr
     errors = []
     for name, value in spec.params:
         if name not in declared:
-            hint = "; ".join(h for h in (did_you_mean(name, declared), valid) if h)
+            hint = " ".join(h for h in (did_you_mean(name, declared), valid) if h)
             errors.append(_err(spec, f"with.{name}", f"unknown parameter '{name}' for {label}", hint))
             continue
         try:
             declared[name].convert(value)
         except ValueError as exc:
-            errors.append(_err(spec, f"with.{name}", f"parameter '{name}': {exc}", declared[name].help or None))
+            errors.append(_err(spec, f"with.{name}", f"parameter '{name}': {exc}",
+                               _param_hint(declared[name])))
     given = spec.param_dict
     for name, param in declared.items():
         if param.required and name not in given:
@@ -411,6 +420,11 @@ def _check_class_params(spec: StepSpec, cls: type, label: str) -> list[ConfigErr
     return errors
 
 
+def _param_hint(param: Any) -> str:
+    tname = getattr(param.type, "__name__", str(param.type))
+    return f"{param.name} is {tname}" + (f": {param.help}" if param.help else "")
+
+
 def _check_function_params(spec: StepSpec, func: Any, label: str) -> list[ConfigError]:
     try:
         sig = inspect.signature(func)
@@ -424,7 +438,7 @@ def _check_function_params(spec: StepSpec, func: Any, label: str) -> list[Config
     errors = []
     for name, _ in spec.params:
         if name not in names:
-            hint = "; ".join(h for h in (did_you_mean(name, names), valid) if h)
+            hint = " ".join(h for h in (did_you_mean(name, names), valid) if h)
             errors.append(_err(spec, f"with.{name}", f"unknown parameter '{name}' for {label}", hint))
     given = spec.param_dict
     for p in params:
@@ -435,21 +449,24 @@ def _check_function_params(spec: StepSpec, func: Any, label: str) -> list[Config
     return errors
 
 
-def _check_shape(graph: Graph) -> list[ConfigError]:
+def _check_shape(graph: Graph, doubtful: set[str], partial: bool) -> list[ConfigError]:
     where = (graph.file, graph.line_of("steps"))
     if not graph.steps:
-        return [GraphError("the pipeline has no steps", *where, "add steps under 'steps:'")]
+        return [] if partial else [GraphError("the pipeline has no steps", *where,
+                                              "add steps under 'steps:'")]
     errors = _check_edges(graph)
-    kinds = {s.kind for s in graph.steps}
-    unknown_kind = not kinds <= set(KINDS)
-    if "producer" not in kinds and not unknown_kind:
+    kinds = {s.kind for s in graph.steps if s.name not in doubtful}
+    unsure = bool(doubtful) or not kinds <= set(KINDS)
+    if "producer" not in kinds and not unsure:
         errors.append(GraphError("the pipeline has no producer", *where,
                                  "add a step of kind 'producer' that yields events"))
-    if "consumer" not in kinds and not unknown_kind:
+    if "consumer" not in kinds and not unsure:
         errors.append(GraphError("the pipeline has no consumer", *where,
                                  "add a step of kind 'consumer' that keeps the events"))
     errors += _check_cycles(graph)
-    errors += _check_reachable(graph)
+    names = set(graph.names)
+    if not partial and all(t in names for s in graph.steps for t in s.to):
+        errors += _check_reachable(graph, doubtful)
     return errors
 
 
@@ -477,7 +494,8 @@ def _check_edges(graph: Graph) -> list[ConfigError]:
 def _check_cycles(graph: Graph) -> list[ConfigError]:
     """Report each cycle once, as ``a -> b -> a`` starting at its first-declared step."""
     order = {n: i for i, n in enumerate(graph.names)}
-    succ = {s.name: [t for t in s.to if t in order] for s in graph.steps}
+    producers = {s.name for s in graph.producers}   # edges into producers are reported apart
+    succ = {s.name: [t for t in s.to if t in order and t not in producers] for s in graph.steps}
     found: dict[frozenset, list[str]] = {}
     state: dict[str, int] = {}   # 1: on the stack, 2: done
 
@@ -505,8 +523,9 @@ def _check_cycles(graph: Graph) -> list[ConfigError]:
     return errors
 
 
-def _check_reachable(graph: Graph) -> list[ConfigError]:
-    starts = [s.name for s in graph.steps if s.kind == "producer" or s.kind not in KINDS]
+def _check_reachable(graph: Graph, doubtful: set[str]) -> list[ConfigError]:
+    starts = [s.name for s in graph.steps
+              if s.kind == "producer" or s.kind not in KINDS or s.name in doubtful]
     succ = {s.name: s.to for s in graph.steps}
     reached, todo = set(starts), list(starts)
     while todo:
