@@ -1,0 +1,634 @@
+"""The router: one poll loop that leases events to workers, collects their ACKs, and ends the stream.
+
+Small state records (`Item`, `WorkerState`, `StepState`) and one loop that always has a timeout, as in
+the ZeroMQ guide's brokers. The router reads only envelopes; payload frames are forwarded untouched.
+See docs/protocol.md for the semantics implemented here (credit windows, leases, retries and
+dead letters, backpressure, deterministic end of stream).
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import zmq
+
+from . import protocol as P
+from .deadletter import DeadLetterFile
+from .errors import ProtocolError, RunError, StepError
+from .graph import Graph, StepSpec
+from .launcher import Handle, LocalLauncher
+
+log = logging.getLogger("flow.router")
+
+
+@dataclass(slots=True)
+class Item:
+    """One event waiting in a queue or held under a lease."""
+
+    key: str
+    path: str
+    frames: list
+    nbytes: int
+    attempts: int = 0
+    error: str = ""
+    tb: str = ""
+
+
+@dataclass
+class WorkerState:
+    """What the router knows of one worker."""
+
+    id: bytes
+    step: str
+    handle: Handle | None = None
+    pid: int = 0
+    host: str = ""
+    state: str = "starting"          # starting, ready, retiring, eos, done, dead
+    leases: dict = field(default_factory=dict)     # lease id -> (list[Item], t0)
+    last_seen: float = field(default_factory=time.monotonic)
+    credit_out: int = 0              # producers: CREDIT granted and not yet used
+    done: int = 0
+    errors: int = 0
+    cpu: float = 0.0
+    rss: int = 0
+
+
+@dataclass
+class StepState:
+    """A step's queue, workers and counters."""
+
+    spec: StepSpec
+    index: int
+    targets: tuple[str, ...]
+    inputs: set
+    queue: collections.deque = field(default_factory=collections.deque)
+    queue_bytes: int = 0
+    workers: dict = field(default_factory=dict)    # id -> WorkerState
+    desired: int = 1
+    min_workers: int = 1
+    max_workers: int = 1
+    finished: bool = False           # no more input will come and nothing is left
+    closed: bool = False             # all workers said BYE after finishing
+    n_in: int = 0
+    n_out: int = 0
+    n_done: int = 0
+    n_dups: int = 0
+    errors: int = 0
+    retries: int = 0
+    dead: int = 0
+    busy_s: float = 0.0
+    latencies: collections.deque = field(default_factory=lambda: collections.deque(maxlen=2000))
+    start_failures: int = 0
+
+    @property
+    def kind(self) -> str:
+        return self.spec.kind
+
+    def leased(self) -> int:
+        return sum(len(items) for w in self.workers.values() for items, _ in w.leases.values())
+
+
+class Router:
+    """Runs one graph to completion over the workers a launcher starts.
+
+    ``context_frames`` are the encoded producers' context sent to every worker in its CONFIG.
+    ``on_tick(router)`` is called about every ``stats_interval_s`` (statistics, scaling, views).
+    """
+
+    def __init__(self, graph: Graph, endpoint: str, context_frames: list | None = None,
+                 launcher=None, dead_letter: DeadLetterFile | None = None,
+                 on_tick: Callable[[Router], None] | None = None,
+                 ctx: zmq.Context | None = None, keys_dir: str | None = None,
+                 use_specs: dict[str, str] | None = None):
+        self.graph = graph
+        self.opts = graph.router
+        self.ctx = ctx or zmq.Context.instance()
+        self.sock = self.ctx.socket(zmq.ROUTER)
+        self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.security = None
+        if keys_dir:
+            from .security import ServerSecurity
+            self.security = ServerSecurity(keys_dir, self.ctx)
+            self.security.apply_server(self.sock)
+        if endpoint.endswith(":0") or endpoint.endswith(":*"):
+            base = endpoint.rsplit(":", 1)[0]
+            port = self.sock.bind_to_random_port(base)
+            endpoint = f"{base}:{port}"
+        else:
+            self.sock.bind(endpoint)
+        self.endpoint = endpoint
+        self.context_frames = context_frames or []
+        self.launcher = launcher or LocalLauncher(endpoint, keys_dir=keys_dir)
+        self.dead_letter = dead_letter or DeadLetterFile(self.opts.dead_letter)
+        self.on_tick = on_tick
+        self.use_specs = use_specs or {}
+        self.publisher = None
+        self.extra_sockets: dict = {}
+        self.steps: dict[str, StepState] = {}
+        for i, spec in enumerate(graph.steps):
+            st = StepState(spec=spec, index=i, targets=tuple(spec.to),
+                           inputs=set(graph.inputs(spec.name)))
+            if spec.kind == "stager":
+                st.min_workers, st.max_workers = spec.workers.min, spec.workers.max
+                st.desired = spec.workers.min
+            self.steps[spec.name] = st
+        self.workers: dict[bytes, WorkerState] = {}
+        self.lease_ids = iter(range(1, 1 << 62))
+        self.started_at = time.monotonic()
+        self.wall_start = time.time()
+        self.rejected = 0
+        self.stale_acks = 0
+        self.produced = 0
+        self.state = "starting"
+        self.paused = False
+        self.failure: Exception | None = None
+        self.step_failures: list[str] = []
+        self.workers_started = 0
+        self.workers_retired = 0
+        self.decisions: list[dict] = []
+        self.last_event_t = 0.0
+        self.finished_t = 0.0
+        self._draining = False
+        self.signal_count = 0
+        self._signals_seen = 0
+        self._aborting_t = 0.0
+        self._next_tick = time.monotonic()
+        self._next_check = time.monotonic()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def start(self) -> None:
+        for st in self.steps.values():
+            n = 1 if st.kind != "stager" else st.desired
+            for _ in range(n):
+                self.spawn(st)
+        self.state = "running"
+
+    def spawn(self, st: StepState) -> WorkerState:
+        handle = self.launcher.start(st.spec.name)
+        w = WorkerState(id=handle.worker_id.encode(), step=st.spec.name, handle=handle)
+        self.workers[w.id] = w
+        st.workers[w.id] = w
+        self.workers_started += 1
+        return w
+
+    def run(self, poll_ms: int = 50) -> None:
+        """Loop until every consumer has closed (or the run is aborted)."""
+        if not self.workers:
+            self.start()
+        poller = zmq.Poller()
+        poller.register(self.sock, zmq.POLLIN)
+        for s in self.extra_sockets:
+            poller.register(s, zmq.POLLIN)
+        try:
+            while not self.done():
+                timeout = 0 if self._has_dispatchable() else poll_ms
+                ready = dict(poller.poll(timeout))
+                if self.sock in ready:
+                    self.drain_socket()
+                for s, handler in self.extra_sockets.items():
+                    if s in ready:
+                        handler(s)
+                self.dispatch()
+                if self.signal_count != self._signals_seen:
+                    self._signals_seen = self.signal_count
+                    self.abort() if self.signal_count > 1 else self.drain()
+                now = time.monotonic()
+                if now >= self._next_check:
+                    self._next_check = now + min(0.1, self.opts.heartbeat_s / 2)
+                    self.check_workers(now)
+                    self.advance_eos()
+                if now >= self._next_tick:
+                    self._next_tick = now + self.opts.stats_interval_s
+                    if self.on_tick:
+                        self.on_tick(self)
+                if self._aborting_t and now > self._aborting_t:
+                    self.kill_all()
+                    break
+        finally:
+            self.finished_t = time.monotonic()
+            if self.state != "aborted":
+                self.state = "finished" if self.failure is None else "aborted"
+            self.shutdown()
+
+    def done(self) -> bool:
+        if self.failure is not None and not self._aborting_t:
+            self.abort()
+        if self._aborting_t:
+            return not any(w.state not in ("done", "dead") for w in self.workers.values())
+        return all(st.closed for st in self.steps.values() if st.kind == "consumer")
+
+    def shutdown(self) -> None:
+        for w in self.workers.values():
+            if w.handle is not None and w.state not in ("done", "dead"):
+                self._send(w, P.STOP, {"abort": True})
+        deadline = time.monotonic() + 2.0
+        for w in self.workers.values():
+            if w.handle is not None:
+                w.handle.join(max(0.0, deadline - time.monotonic()))
+                w.handle.kill()
+        self.dead_letter.close()
+        self.sock.close(0)
+        if self.security is not None:
+            self.security.stop()
+
+    def drain(self) -> None:
+        """Graceful stop: producers stop, in-flight events drain, consumers close their files."""
+        if self._draining:
+            return
+        self._draining = True
+        self.state = "draining"
+        for st in self.steps.values():
+            if st.kind == "producer" and not st.finished:
+                for w in st.workers.values():
+                    self._send(w, P.STOP, {})
+                self.finish_step(st)
+
+    def abort(self, grace_s: float = 1.5) -> None:
+        """Hard stop: every worker is told to leave now (consumers still close their files)."""
+        self.state = "aborted"
+        for w in self.workers.values():
+            if w.state not in ("done", "dead"):
+                self._send(w, P.STOP, {"abort": True})
+        self._aborting_t = time.monotonic() + grace_s
+
+    def set_paused(self, paused: bool) -> None:
+        """Pause or resume the producers (no new credit; in-flight events go on)."""
+        self.paused = paused
+        for st in self.steps.values():
+            if st.kind == "producer":
+                for w in st.workers.values():
+                    self._send(w, P.PAUSE, {"paused": paused})
+
+    def kill_all(self) -> None:
+        for w in self.workers.values():
+            if w.handle is not None:
+                w.handle.kill()
+            w.state = "dead"
+
+    # -- receiving ---------------------------------------------------------------------------
+    def drain_socket(self, budget: int = 256) -> None:
+        for _ in range(budget):
+            try:
+                frames = self.sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            if len(frames) < 2:
+                self.rejected += 1
+                continue
+            ident = frames[0].bytes
+            try:
+                msg = P.Message.from_frames(frames[1:])
+                self.handle(ident, msg)
+            except ProtocolError as exc:
+                self.rejected += 1
+                log.warning("rejected a message from %r: %s", ident[:32], exc)
+
+    def handle(self, ident: bytes, msg: P.Message) -> None:
+        w = self.workers.get(ident)
+        if w is None:
+            w = self.on_unknown(ident, msg)
+            if w is None:
+                return
+        w.last_seen = time.monotonic()
+        cmd = msg.command
+        if cmd == P.ACK:
+            self.on_ack(w, msg)
+        elif cmd == P.PRODUCE:
+            self.on_produce(w, msg)
+        elif cmd == P.HEARTBEAT:
+            pass
+        elif cmd == P.STATS:
+            env = msg.envelope
+            w.cpu, w.rss = float(env.get("cpu", 0.0)), int(env.get("rss", 0))
+        elif cmd == P.HELLO:
+            self.on_hello(w, msg)
+        elif cmd == P.READY:
+            w.state = "ready"
+            self.steps[w.step].start_failures = 0
+        elif cmd == P.EOS:
+            st = self.steps[w.step]
+            if st.kind == "producer":
+                self._send(w, P.STOP, {})
+                self.finish_step(st)
+        elif cmd == P.BYE:
+            self.on_bye(w, msg)
+        elif cmd == P.FAILED:
+            self.on_failed(w, msg)
+        else:
+            raise ProtocolError(f"unexpected {msg.name} from a worker")
+
+    def on_unknown(self, ident: bytes, msg: P.Message) -> WorkerState | None:
+        """A message from a peer the router did not start: only a HELLO for a known step is taken
+        (agent-started workers); anything else (a worker retired or declared dead) is dropped."""
+        if msg.command == P.HELLO and msg.envelope.get("step") in self.steps and not self._aborting_t:
+            st = self.steps[msg.envelope["step"]]
+            if st.kind == "stager" and not st.finished:
+                w = WorkerState(id=ident, step=st.spec.name)
+                self.workers[ident] = w
+                st.workers[ident] = w
+                return w
+        if msg.command == P.ACK:
+            self.stale_acks += 1
+        if msg.command not in (P.HEARTBEAT, P.STATS, P.BYE):
+            self._send_ident(ident, P.STOP, {"abort": True})
+        return None
+
+    def on_hello(self, w: WorkerState, msg: P.Message) -> None:
+        st = self.steps[w.step]
+        w.pid = int(msg.envelope.get("pid", 0))
+        w.host = str(msg.envelope.get("host", ""))
+        spec = st.spec
+        env = {"step": spec.name, "kind": spec.kind, "index": st.index,
+               "use": self.use_specs.get(spec.name, spec.use if isinstance(spec.use, str) else ""),
+               "params": dict(spec.params), "targets": list(st.targets),
+               "heartbeat_s": self.opts.heartbeat_s, "liveness": self.opts.liveness,
+               "batch_max": self.opts.batch_max}
+        self._send(w, P.CONFIG, env, self.context_frames)
+
+    def on_produce(self, w: WorkerState, msg: P.Message) -> None:
+        st = self.steps[w.step]
+        items = P.check_items(msg.envelope.get("out"), len(msg.frames), 4)
+        w.credit_out = max(0, w.credit_out - 1)
+        n = self.enqueue_outputs(st, items, msg.frames)
+        w.done += n
+        st.n_out += n
+        self.produced += n
+        self.last_event_t = time.monotonic()
+
+    def on_ack(self, w: WorkerState, msg: P.Message) -> None:
+        lease = w.leases.pop(msg.envelope.get("lease"), None)
+        if lease is None:
+            self.stale_acks += 1
+            return
+        items, t0 = lease
+        st = self.steps[w.step]
+        out = P.check_items(msg.envelope.get("out", []), len(msg.frames), 4)
+        failed = msg.envelope.get("failed", [])
+        bad = set()
+        for entry in failed:
+            if not (isinstance(entry, list) and len(entry) == 3 and isinstance(entry[0], int)
+                    and 0 <= entry[0] < len(items)):
+                raise ProtocolError("malformed failure entry in ACK")
+            index, exc, tb = entry
+            bad.add(index)
+            self.retry_or_dead_letter(st, items[index], str(exc), str(tb))
+        ok = len(items) - len(bad)
+        st.n_done += ok
+        w.done += ok
+        w.errors += len(bad)
+        busy = float(msg.envelope.get("busy_s", 0.0))
+        st.busy_s += busy
+        if items:
+            per = busy / len(items)
+            st.latencies.extend([per] * min(len(items), 16))
+        if st.kind == "consumer":
+            st.n_dups += int(msg.envelope.get("dups", 0))
+        st.n_out += self.enqueue_outputs(st, out, msg.frames)
+        self.last_event_t = time.monotonic()
+        if w.state == "retiring" and not w.leases:
+            self._send(w, P.STOP, {"teardown": True})
+
+    def on_bye(self, w: WorkerState, msg: P.Message) -> None:
+        err = msg.envelope.get("error")
+        if err:
+            self.step_failures.append(f"step '{w.step}' failed in teardown: {err}")
+            log.error("step '%s' failed in teardown: %s", w.step, err)
+        self.requeue(w, count_attempt=False)
+        w.state = "done"
+        st = self.steps[w.step]
+        st.workers.pop(w.id, None)
+        if st.finished and not st.workers:
+            st.closed = True
+
+    def on_failed(self, w: WorkerState, msg: P.Message) -> None:
+        env = msg.envelope
+        phase = str(env.get("phase", "process"))
+        err = StepError(w.step, phase, str(env.get("error", "")), str(env.get("traceback", "")))
+        st = self.steps[w.step]
+        log.error("%s\n%s", err, err.traceback)
+        if phase == "setup":
+            self.failure = err
+            return
+        # a producer's generator raised: what it produced is kept, the stream ends for it
+        self.step_failures.append(str(err))
+        if st.kind == "producer":
+            self.finish_step(st)
+            self._send(w, P.STOP, {})
+
+    # -- queues ------------------------------------------------------------------------------
+    def enqueue_outputs(self, src: StepState, items: list, frames: list) -> int:
+        pos = 0
+        n = 0
+        for key, path, target, count in items:
+            fr = frames[pos:pos + count]
+            pos += count
+            nbytes = sum(len(f) for f in fr)
+            targets = src.targets if not target else (target,)
+            for t in targets:
+                if t not in src.targets:
+                    self.rejected += 1
+                    continue
+                if self.taps:
+                    self.publisher.maybe_sample(src.spec.name, t, key, fr)
+                dst = self.steps[t]
+                dst.queue.append(Item(key, path, fr, nbytes))
+                dst.queue_bytes += nbytes
+                dst.n_in += 1
+            n += 1
+        return n
+
+    def retry_or_dead_letter(self, st: StepState, item: Item, exc: str, tb: str) -> None:
+        item.attempts += 1
+        st.errors += 1
+        if item.attempts < self.opts.max_retries:
+            st.retries += 1
+            item.error, item.tb = exc, tb
+            st.queue.appendleft(item)
+            st.queue_bytes += item.nbytes
+        else:
+            st.dead += 1
+            self.dead_letter.write(item.key, item.path, st.spec.name, exc, tb, item.attempts,
+                                   item.frames)
+            log.warning("dead letter: step '%s' key %s after %d attempts: %s",
+                        st.spec.name, item.key, item.attempts, exc)
+
+    def requeue(self, w: WorkerState, count_attempt: bool, reason: str = "") -> None:
+        st = self.steps[w.step]
+        for items, _ in w.leases.values():
+            for it in reversed(items):
+                if count_attempt:
+                    self.retry_or_dead_letter(st, it, reason, "")
+                else:
+                    st.queue.appendleft(it)
+                    st.queue_bytes += it.nbytes
+        w.leases.clear()
+
+    def room(self, st: StepState) -> bool:
+        return len(st.queue) < self.opts.queue_limit and st.queue_bytes < self.opts.queue_limit_bytes
+
+    def targets_have_room(self, st: StepState) -> bool:
+        return all(self.room(self.steps[t]) for t in st.targets)
+
+    def _has_dispatchable(self) -> bool:
+        return False
+
+    @property
+    def taps(self):
+        return self.publisher.taps if self.publisher is not None else None
+
+    def dispatch(self) -> None:
+        prefetch = self.opts.prefetch
+        for st in self.steps.values():
+            if st.kind == "producer":
+                if self.paused or st.finished or not self.targets_have_room(st):
+                    continue
+                for w in st.workers.values():
+                    if w.state == "ready" and w.credit_out < prefetch:
+                        n = prefetch - w.credit_out
+                        w.credit_out += n
+                        self._send(w, P.CREDIT, {"n": n})
+                continue
+            if not st.queue or not self.targets_have_room(st):
+                continue
+            free = [w for w in st.workers.values() if w.state == "ready" and len(w.leases) < prefetch]
+            if not free:
+                continue
+            free.sort(key=lambda w: len(w.leases))
+            while st.queue and free:
+                for w in list(free):
+                    if not st.queue:
+                        break
+                    self.lease(st, w, len(free))
+                    if len(w.leases) >= prefetch:
+                        free.remove(w)
+
+    def lease(self, st: StepState, w: WorkerState, n_free: int) -> None:
+        q = st.queue
+        n = max(1, min(self.opts.batch_max, math.ceil(len(q) / max(1, n_free * 2))))
+        items, frames, env_items, nbytes = [], [], [], 0
+        while q and len(items) < n and nbytes < (8 << 20):
+            it = q.popleft()
+            st.queue_bytes -= it.nbytes
+            nbytes += it.nbytes
+            items.append(it)
+            env_items.append([it.key, it.path, len(it.frames)])
+            frames.extend(it.frames)
+        lease_id = next(self.lease_ids)
+        w.leases[lease_id] = (items, time.monotonic())
+        self._send(w, P.DATA, {"lease": lease_id, "items": env_items}, frames)
+
+    # -- workers -----------------------------------------------------------------------------
+    def _send(self, w: WorkerState, command: bytes, envelope: dict | None = None,
+              frames: list | None = None) -> None:
+        self._send_ident(w.id, command, envelope, frames)
+
+    def _send_ident(self, ident: bytes, command: bytes, envelope=None, frames=None) -> None:
+        try:
+            P.Message(command, envelope or {}, frames or []).send(self.sock, ident)
+        except zmq.ZMQError as exc:  # peer not connected (yet, or any more): liveness handles it
+            if exc.errno != zmq.EHOSTUNREACH:
+                raise
+
+    def check_workers(self, now: float) -> None:
+        hb = self.opts.heartbeat_s
+        for w in list(self.workers.values()):
+            if w.state in ("done", "dead"):
+                continue
+            st = self.steps[w.step]
+            silent = now - w.last_seen
+            limit = hb * self.opts.liveness
+            if w.leases:
+                limit = max(limit, self.opts.stuck_timeout_s)
+            if w.state == "starting":
+                limit = max(limit, 120.0)
+            gone = w.handle is not None and not w.handle.alive()
+            if gone or silent > limit:
+                why = "process exited" if gone else f"silent for {silent:.1f} s"
+                self.on_worker_lost(w, why)
+            elif silent > hb and w.state in ("ready", "retiring"):
+                self._send(w, P.HEARTBEAT)
+
+    def on_worker_lost(self, w: WorkerState, why: str) -> None:
+        st = self.steps[w.step]
+        log.warning("worker %s of step '%s' lost (%s); requeuing %d lease(s)",
+                    w.id.decode(errors="replace"), w.step, why, len(w.leases))
+        if w.handle is not None:
+            w.handle.kill()
+        was_starting = w.state == "starting"
+        self.requeue(w, count_attempt=True, reason=f"worker died ({why})")
+        w.state = "dead"
+        st.workers.pop(w.id, None)
+        if st.kind == "producer":
+            if not st.finished:
+                self.step_failures.append(f"producer '{st.spec.name}' died ({why})")
+                self.finish_step(st)
+            return
+        if was_starting:
+            st.start_failures += 1
+            if st.start_failures >= 3:
+                self.failure = RunError(f"step '{st.spec.name}': workers die while starting "
+                                        f"({why}); see the log above")
+                return
+        if st.finished and not st.workers:
+            st.closed = True
+            if st.kind == "consumer":
+                self.step_failures.append(f"consumer '{st.spec.name}' died after end of stream")
+            return
+        if not st.finished and len(st.workers) < max(1, st.desired):
+            self.spawn(st)
+
+    def set_workers(self, name: str, n: int) -> None:
+        """Scale a stager to ``n`` workers at run time (start or retire processes)."""
+        st = self.steps[name]
+        if st.kind != "stager" or st.finished:
+            return
+        n = max(st.min_workers, min(st.max_workers, n))
+        st.desired = n
+        active = [w for w in st.workers.values() if w.state in ("starting", "ready")]
+        for _ in range(n - len(active)):
+            self.spawn(st)
+        if len(active) > n:
+            victims = sorted(active, key=lambda w: (w.state == "ready", -len(w.leases)))
+            for w in victims[:len(active) - n]:
+                self.retire(w)
+
+    def retire(self, w: WorkerState) -> None:
+        w.state = "retiring"
+        self.workers_retired += 1
+        if not w.leases:
+            self._send(w, P.STOP, {"teardown": True})
+
+    # -- end of stream -----------------------------------------------------------------------
+    def finish_step(self, st: StepState) -> None:
+        if st.finished:
+            return
+        st.finished = True
+        if st.kind == "producer":
+            if not st.workers:
+                st.closed = True
+        else:
+            for w in st.workers.values():
+                if w.state not in ("done", "dead"):
+                    self._send(w, P.EOS)
+                    w.state = "eos"
+            if not st.workers:
+                st.closed = True
+        for t in st.targets:
+            self.steps[t].inputs.discard(st.spec.name)
+
+    def advance_eos(self) -> None:
+        changed = True
+        while changed:
+            changed = False
+            for st in self.steps.values():
+                if st.finished or st.kind == "producer":
+                    continue
+                if not st.inputs and not st.queue and st.leased() == 0:
+                    self.finish_step(st)
+                    changed = True

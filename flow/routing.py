@@ -1,0 +1,58 @@
+"""How a step's return value becomes routed outputs; shared by the workers and the inline runner.
+
+Keys: a single output keeps its input's key; several outputs get ``key/0``, ``key/1``... so a
+redelivered event yields the same keys again (deterministic steps give exactly-once output after the
+consumers' de-duplication). A producer's event gets its `Keyed` key or ``"<step>:<n>"``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from .errors import StepError
+from .step import Keyed, To, iter_outputs
+
+ALL = ""  # target meaning "every downstream step"
+
+
+def stager_outputs(result: Any, key: str, step: str, targets: tuple[str, ...]
+                   ) -> list[tuple[str, str, Any]]:
+    """``[(key, target, event), ...]`` for a stager's return value (target ALL = fan out)."""
+    outs = list(iter_outputs(result))
+    many = len(outs) > 1
+    routed = []
+    for i, out in enumerate(outs):
+        k = f"{key}/{i}" if many else key
+        routed.append(_route(out, k, step, targets))
+    return routed
+
+
+def _route(out: Any, key: str, step: str, targets: tuple[str, ...]) -> tuple[str, str, Any]:
+    if isinstance(out, To):
+        if out.target not in targets:
+            raise StepError(step, "process",
+                            f"routed an event to '{out.target}', which is not one of its targets "
+                            f"{list(targets)}; add it to the step's 'to' list")
+        return key, out.target, out.event
+    return key, ALL, out
+
+
+def producer_outputs(events, step: str, targets: tuple[str, ...], start: int = 0
+                     ) -> Iterator[tuple[str, str, Any]]:
+    """Stream ``(key, target, event)`` from a producer's generator."""
+    n = start
+    for ev in events:
+        if ev is None:
+            continue
+        if isinstance(ev, Keyed):
+            key, ev = str(ev.key), ev.event
+        else:
+            key = f"{step}:{n}"
+        n += 1
+        yield _route(ev, key, step, targets)
+
+
+def path_after(path: str, step_index: int) -> str:
+    """The path of an event that left step ``step_index`` having come along ``path``."""
+    return f"{path}.{step_index}" if path else str(step_index)

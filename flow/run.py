@@ -1,0 +1,209 @@
+"""Running a graph: the producers' context, the router with its worker processes, the monitor
+sockets, the terminal view, signals, and the summary. `flow run` is a thin layer over `run`."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import tempfile
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import codec
+from .deadletter import DeadLetterFile
+from .graph import Graph
+from .inline import run_inline
+from .step import import_object, instantiate
+from .summary import RunSummary
+
+log = logging.getLogger("flow.run")
+
+
+@dataclass
+class RunOptions:
+    """How to run a graph (the `flow run` flags)."""
+
+    inline: bool = False
+    quiet: bool = False
+    view: bool = True
+    summary_json: str | None = None
+    stats_jsonl: str | None = None
+    bind: str | None = None                 # data endpoint; default: ipc:// in a private dir
+    monitor: str = "tcp://127.0.0.1:0"
+    control: str = "tcp://127.0.0.1:0"
+    keys_dir: str | None = None
+    insecure: bool = False
+    resume: bool = False
+    gui: bool = False
+    metrics_port: int | None = None
+    run_dir: str | None = None
+    scale: bool = True
+    on_start: object = None                 # callback(router, publisher) once sockets are bound
+
+
+def use_spec(obj) -> str:
+    """``module:qualname`` of a step class or function, to send to workers."""
+    if isinstance(obj, str):
+        return obj
+    return f"{obj.__module__}:{obj.__qualname__}"
+
+
+def prepare_context(graph: Graph, resume: bool = False) -> tuple[dict, int | None]:
+    """Instantiate each producer here once to collect its context and its total (if known)."""
+    context: dict = {}
+    total = 0
+    known = True
+    for spec in graph.producers:
+        obj = import_object(spec.use) if isinstance(spec.use, str) else spec.use
+        step = instantiate(obj, "producer", spec.name, spec.param_dict)
+        context.update(step.publish_context() or {})
+        n = step.total()
+        if n is None:
+            known = False
+        else:
+            total += n
+    if resume:
+        context["flow.resume"] = True
+    return context, (total if known else None)
+
+
+def run(graph: Graph, options: RunOptions | None = None) -> RunSummary:
+    """Run ``graph`` to completion and return its summary (also written as JSON if asked)."""
+    options = options or RunOptions()
+    context, total = prepare_context(graph, options.resume)
+    if options.inline:
+        summary = _run_inline(graph, context)
+    else:
+        summary = _run_router(graph, context, total, options)
+    if options.summary_json:
+        summary.write_json(options.summary_json)
+    return summary
+
+
+def _run_inline(graph: Graph, context: dict) -> RunSummary:
+    stop = {"n": 0}
+
+    def on_signal(signum, frame):
+        stop["n"] += 1
+        if stop["n"] > 1:
+            raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGINT, on_signal)
+    try:
+        return run_inline(graph, context, DeadLetterFile(graph.router.dead_letter, graph.file),
+                          stop=lambda: stop["n"] > 0)
+    finally:
+        signal.signal(signal.SIGINT, old)
+
+
+def _run_router(graph: Graph, context: dict, total: int | None, options: RunOptions) -> RunSummary:
+    import zmq
+
+    from .publisher import Publisher
+    from .router import Router
+    from .stats import RateMeter, stats_record
+    from .termview import TermView
+
+    run_dir = Path(options.run_dir or tempfile.mkdtemp(prefix="flow-run-"))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    endpoint = options.bind or f"ipc://{run_dir}/data.sock"
+    if options.bind:
+        from .security import check_bind_policy
+        check_bind_policy(options.bind, options.keys_dir, options.insecure)
+    ctx = zmq.Context.instance()
+    context_frames = codec.encode(context) if context else []
+    run_id = uuid.uuid4().hex[:12]
+    router = Router(graph, endpoint, context_frames=context_frames,
+                    dead_letter=DeadLetterFile(graph.router.dead_letter, graph.file),
+                    ctx=ctx, keys_dir=options.keys_dir,
+                    use_specs={s.name: use_spec(s.use) for s in graph.steps})
+    publisher = Publisher(ctx, graph, run_id, options.monitor, options.control,
+                          run_dir / "control.token", context_frames, security=router.security,
+                          stats_jsonl=options.stats_jsonl)
+    publisher.attach(router)
+    view = TermView(quiet=options.quiet or not options.view)
+    meter = RateMeter()
+    scaler = _make_scaler(graph, router) if options.scale else None
+    metrics = None
+    if options.metrics_port:
+        from .metrics import MetricsExporter
+        metrics = MetricsExporter(options.metrics_port)
+    dead_seen = {"n": 0}
+
+    def on_tick(r: Router) -> None:
+        decisions = scaler(r) if scaler is not None else []
+        r.decisions.extend(decisions)
+        dl = r.dead_letter.recent[dead_seen["n"]:] if hasattr(r.dead_letter, "recent") else []
+        dead_seen["n"] += len(dl)
+        record = stats_record(r, meter, run_id, total, decisions, dl)
+        publisher.publish_stats(record)
+        view.update(record)
+        if metrics is not None:
+            metrics.update(record)
+
+    router.on_tick = on_tick
+    signals = {"n": 0}
+
+    def on_signal(signum, frame):
+        signals["n"] += 1
+        router.signal_count = signals["n"]
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    if not options.quiet:
+        view.console.print(f"[dim]monitor {publisher.monitor_endpoint} · control "
+                           f"{publisher.control_endpoint} · token {publisher.token_file}[/dim]")
+    gui_proc = None
+    try:
+        router.start()
+        if options.gui:
+            gui_proc = _start_gui(publisher)
+        if callable(options.on_start):
+            options.on_start(router, publisher)
+        router.run()
+        on_tick(router)
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+        view.close()
+        publisher.close()
+        if gui_proc is not None:
+            gui_proc.terminate()
+    summary = RunSummary(
+        produced=router.produced,
+        consumed={c.name: router.steps[c.name].n_done for c in graph.consumers},
+        unique_consumed={c.name: router.steps[c.name].n_done - router.steps[c.name].n_dups
+                         for c in graph.consumers},
+        dead_letter=router.dead_letter.count,
+        retries=sum(st.retries for st in router.steps.values()),
+        errors=sum(st.errors for st in router.steps.values()),
+        wall_s=router.finished_t - router.started_at,
+        eos_exit_s=(router.finished_t - router.last_event_t) if router.last_event_t else None,
+        workers_started=router.workers_started, workers_retired=router.workers_retired,
+        rejected=router.rejected, state=router.state,
+        failures=list(router.step_failures) + ([str(router.failure)] if router.failure else []),
+        dead_letter_file=str(router.dead_letter.path) if router.dead_letter.count else None,
+    )
+    summary.decide_exit_code()
+    if not options.quiet or True:
+        view.print_summary(summary)
+    return summary
+
+
+def _make_scaler(graph: Graph, router):
+    """The auto-scaler as a tick callback, or None when every stager has a fixed worker count."""
+    if all(s.workers.min == s.workers.max for s in graph.steps if s.kind == "stager"):
+        return None
+    from .autoscale import AutoScaler
+    return AutoScaler(graph, router)
+
+
+def _start_gui(publisher):
+    import subprocess
+    import sys
+    return subprocess.Popen([sys.executable, "-m", "gui.app", "--connect",
+                             publisher.monitor_endpoint, "--control", publisher.control_endpoint,
+                             "--token-file", str(publisher.token_file)])
+
+
+__all__ = ["RunOptions", "run", "prepare_context", "use_spec"]

@@ -1,0 +1,301 @@
+"""A worker process: runs one step's code; the only place a step meets a socket (it never sees it).
+
+The worker connects a DEALER to the router's data socket, says HELLO, receives its CONFIG (what to
+run, its parameters, the producers' context), runs ``setup`` and then serves the router: a producer
+sends PRODUCE batches while it has credit; a stager or consumer answers each DATA lease with one ACK
+carrying the outputs. Heartbeats flow both ways; a worker whose router has gone silent exits.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket as _socket
+import sys
+import time
+import traceback
+
+import zmq
+
+from . import codec
+from . import protocol as P
+from .errors import ProtocolError, StepError
+from .routing import ALL, path_after, producer_outputs, stager_outputs
+from .step import import_object, instantiate
+
+CONFIG_TIMEOUT_S = 60.0
+
+
+class Worker:
+    """State and loop of one worker process (one step instance)."""
+
+    def __init__(self, endpoint: str, worker_id: str, step_name: str, keys_dir: str | None = None):
+        self.worker_id = worker_id
+        self.step_name = step_name
+        self.ctx = zmq.Context.instance()
+        self.sock = self.ctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.IDENTITY, worker_id.encode())
+        self.sock.setsockopt(zmq.LINGER, 2000)
+        if keys_dir:
+            from .security import ClientSecurity
+            ClientSecurity(keys_dir).apply_client(self.sock)
+        self.sock.connect(endpoint)
+        self.step = None
+        self.kind = ""
+        self.step_index = 0
+        self.targets: tuple[str, ...] = ()
+        self.heartbeat_s = 1.0
+        self.liveness = 5
+        self.batch_max = 64
+        self.last_sent = 0.0
+        self.last_heard = time.monotonic()
+        self.done = 0
+        self.errors = 0
+        self.seen: set[tuple[str, str]] = set()
+        self.done_keys: set[str] = set()
+        self._proc = None
+        self._last_stats = 0.0
+
+    # -- sending ---------------------------------------------------------------------------
+    def send(self, command: bytes, envelope: dict | None = None, frames: list | None = None) -> None:
+        P.Message(command, envelope or {}, frames or []).send(self.sock)
+        self.last_sent = time.monotonic()
+
+    def maybe_heartbeat(self) -> None:
+        now = time.monotonic()
+        if now - self.last_sent >= self.heartbeat_s:
+            self.send(P.HEARTBEAT)
+        if now - self._last_stats >= 1.0:
+            self._last_stats = now
+            self.send(P.STATS, self.resource_stats())
+
+    def resource_stats(self) -> dict:
+        try:
+            import psutil
+            if self._proc is None:
+                self._proc = psutil.Process()
+                self._proc.cpu_percent(None)
+            cpu = self._proc.cpu_percent(None)
+            rss = self._proc.memory_info().rss
+        except Exception:  # psutil missing or process info unavailable: report what we know
+            cpu, rss = 0.0, 0
+        return {"cpu": cpu, "rss": rss, "done": self.done, "errors": self.errors}
+
+    def recv(self, timeout_ms: int) -> P.Message | None:
+        """One message from the router, or None on timeout; malformed input is dropped."""
+        if not self.sock.poll(timeout_ms):
+            return None
+        try:
+            msg = P.Message.recv(self.sock)
+        except ProtocolError as exc:
+            print(f"flow worker {self.worker_id}: dropped malformed message: {exc}", file=sys.stderr)
+            return None
+        self.last_heard = time.monotonic()
+        return msg
+
+    def router_lost(self) -> bool:
+        return time.monotonic() - self.last_heard > self.heartbeat_s * self.liveness * 2
+
+    # -- start-up --------------------------------------------------------------------------
+    def start(self) -> bool:
+        self.send(P.HELLO, {"worker": self.worker_id, "step": self.step_name, "pid": os.getpid(),
+                            "host": _socket.gethostname()})
+        deadline = time.monotonic() + CONFIG_TIMEOUT_S
+        while True:
+            msg = self.recv(200)
+            if msg is not None and msg.command == P.CONFIG:
+                break
+            if msg is not None and msg.command == P.STOP:
+                return False
+            if time.monotonic() > deadline:
+                print(f"flow worker {self.worker_id}: no CONFIG from the router", file=sys.stderr)
+                return False
+        env = msg.envelope
+        self.kind = env["kind"]
+        self.step_index = env["index"]
+        self.targets = tuple(env["targets"])
+        self.heartbeat_s = env.get("heartbeat_s", 1.0)
+        self.liveness = env.get("liveness", 5)
+        self.batch_max = env.get("batch_max", 64)
+        try:
+            context = codec.decode(msg.frames) if msg.frames else {}
+            obj = import_object(env["use"])
+            self.step = instantiate(obj, self.kind, self.step_name, env.get("params", {}), context)
+            self.step.setup()
+            if self.kind == "consumer" and context.get("flow.resume"):
+                self.done_keys = {str(k) for k in self.step.done_keys()}
+        except Exception as exc:
+            self.send(P.FAILED, {"phase": "setup", "error": f"{type(exc).__name__}: {exc}",
+                                 "traceback": traceback.format_exc()})
+            return False
+        self.send(P.READY, {"pid": os.getpid()})
+        return True
+
+    def teardown(self) -> dict:
+        try:
+            self.step.teardown()
+            return {"phase": "teardown"}
+        except Exception as exc:
+            return {"phase": "teardown", "error": f"{type(exc).__name__}: {exc}",
+                    "traceback": traceback.format_exc()}
+
+    # -- producer --------------------------------------------------------------------------
+    def run_producer(self) -> None:
+        credit = 0
+        paused = False
+        outputs = producer_outputs(self.step.process(), self.step_name, self.targets)
+        path = str(self.step_index)
+        while True:
+            msg = self.recv(0 if credit > 0 and not paused else int(self.heartbeat_s * 1000))
+            if msg is not None:
+                if msg.command == P.CREDIT:
+                    credit += int(msg.envelope.get("n", 1))
+                elif msg.command == P.PAUSE:
+                    paused = bool(msg.envelope.get("paused"))
+                elif msg.command in (P.STOP, P.EOS):
+                    self.send(P.BYE, self.teardown())
+                    return
+                continue
+            if self.router_lost():
+                return
+            self.maybe_heartbeat()
+            if credit <= 0 or paused:
+                continue
+            out, frames, nbytes = [], [], 0
+            finished = False
+            try:
+                for key, target, event in outputs:
+                    f = codec.encode(event)
+                    out.append([key, path, target, len(f)])
+                    frames.extend(f)
+                    nbytes += codec.encoded_size(f)
+                    self.done += 1
+                    if len(out) >= self.batch_max or nbytes >= (4 << 20):
+                        break
+                else:
+                    finished = True
+            except Exception as exc:
+                if out:
+                    self.send(P.PRODUCE, {"out": out}, frames)
+                self.send(P.FAILED, {"phase": "process", "error": f"{type(exc).__name__}: {exc}",
+                                     "traceback": traceback.format_exc()})
+                self.wait_stop()
+                return
+            if out:
+                self.send(P.PRODUCE, {"out": out}, frames)
+                credit -= 1
+            if finished:
+                self.send(P.EOS)
+                self.wait_stop()
+                return
+
+    def wait_stop(self) -> None:
+        """After EOS/FAILED: keep heartbeating until the router says STOP, then tear down."""
+        while not self.router_lost():
+            msg = self.recv(int(self.heartbeat_s * 1000))
+            if msg is not None and msg.command in (P.STOP, P.EOS):
+                self.send(P.BYE, self.teardown())
+                return
+            self.maybe_heartbeat()
+
+    # -- stager / consumer -----------------------------------------------------------------
+    def run_processor(self) -> None:
+        while True:
+            msg = self.recv(int(self.heartbeat_s * 1000))
+            if msg is None:
+                if self.router_lost():
+                    return
+                self.maybe_heartbeat()
+                continue
+            if msg.command == P.DATA:
+                try:
+                    self.handle_data(msg)
+                except ProtocolError as exc:
+                    print(f"flow worker {self.worker_id}: bad DATA dropped: {exc}", file=sys.stderr)
+            elif msg.command == P.EOS:
+                self.send(P.BYE, self.teardown())
+                return
+            elif msg.command == P.STOP:
+                if self.kind == "consumer" or msg.envelope.get("teardown"):
+                    self.send(P.BYE, self.teardown())
+                return
+            self.maybe_heartbeat()
+
+    def handle_data(self, msg: P.Message) -> None:
+        items = P.check_items(msg.envelope.get("items"), len(msg.frames), 3)
+        out, out_frames, failed = [], [], []
+        consumer = self.kind == "consumer"
+        t0 = time.perf_counter()
+        pos = 0
+        dups = 0
+        for index, (key, path, n) in enumerate(items):
+            frames = msg.frames[pos:pos + n]
+            pos += n
+            if consumer:
+                ident = (key, path)
+                if ident in self.seen or key in self.done_keys:
+                    dups += 1
+                    continue
+            try:
+                event = codec.decode(frames)
+                if consumer:
+                    self.step.key = key
+                    self.step.process(event)
+                    self.seen.add(ident)
+                else:
+                    result = self.step.process(event)
+                    routed = stager_outputs(result, key, self.step_name, self.targets)
+                    new_path = path_after(path, self.step_index)
+                    for k, target, ev in routed:
+                        f = codec.encode(ev)
+                        out.append([k, new_path, target, len(f)])
+                        out_frames.extend(f)
+                self.done += 1
+            except Exception as exc:
+                self.errors += 1
+                failed.append([index, f"{type(exc).__name__}: {exc}", traceback.format_exc()])
+            if time.monotonic() - self.last_sent >= self.heartbeat_s:
+                self.send(P.HEARTBEAT)
+        env = {"lease": msg.envelope.get("lease"), "out": out, "failed": failed,
+               "busy_s": time.perf_counter() - t0, "dups": dups}
+        self.send(P.ACK, env, out_frames)
+
+
+def worker_main(endpoint: str, worker_id: str, step_name: str, keys_dir: str | None = None) -> int:
+    """Entry point of a worker process (multiprocessing spawn target, or `flow agent`)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the router coordinates shutdown
+    os.environ.setdefault("NUMBA_CACHE_DIR", os.path.join(os.path.expanduser("~"), ".cache",
+                                                          "flow-iact", "numba"))
+    worker = Worker(endpoint, worker_id, step_name, keys_dir)
+    try:
+        if not worker.start():
+            return 3
+        if worker.kind == "producer":
+            worker.run_producer()
+        else:
+            worker.run_processor()
+        return 0
+    except StepError as exc:
+        worker.send(P.FAILED, {"phase": exc.phase, "error": str(exc), "traceback": exc.traceback})
+        return 3
+    finally:
+        worker.sock.close(linger=2000)
+
+
+__all__ = ["Worker", "worker_main", "ALL"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m flow.worker ENDPOINT WORKER_ID STEP [--keys DIR]``"""
+    import argparse
+    p = argparse.ArgumentParser(prog="python -m flow.worker", description=main.__doc__)
+    p.add_argument("endpoint")
+    p.add_argument("worker_id")
+    p.add_argument("step")
+    p.add_argument("--keys", default=None)
+    a = p.parse_args(argv)
+    return worker_main(a.endpoint, a.worker_id, a.step, a.keys)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
