@@ -27,10 +27,10 @@ from flow.errors import ProtocolError
 __all__ = ["encode", "decode", "encoded_size"]
 
 # msgpack ext codes (see docs/codec.md)
-EXT_NDARRAY_INLINE = 1  # ndim:u8 dlen:u8 dtype shape:u64[ndim] pad-to-8 raw-bytes
-EXT_NDARRAY_FRAME = 2  # ndim:u8 dlen:u8 dtype shape:u64[ndim] frame-index:u32
-EXT_NUMPY_SCALAR = 3  # dlen:u8 dtype raw-bytes(itemsize)
-EXT_QUANTITY = 4  # ulen:u16 unit-utf8 kind:u8 (1 or 2) then the ndarray payload of that kind
+EXT_NDARRAY_INLINE = 1  # dtype:4s ndim:u32 shape:u64[ndim] raw-bytes
+EXT_NDARRAY_FRAME = 2  # dtype:4s ndim:u32 shape:u64[ndim] frame-index:u32
+EXT_NUMPY_SCALAR = 3  # dtype:4s raw-bytes(itemsize)
+EXT_QUANTITY = 4  # ulen:u16 unit-utf8 kind:u8 (1 or 2) pad-to-8, then the array payload of that kind
 
 MAX_NDIM = 32
 MAX_DEPTH = 256  # nesting of dicts/lists accepted by encode
@@ -42,17 +42,15 @@ _DTYPES: dict[str, np.dtype] = {}
 for _c in "?bBhHiIqQefdFD":
     for _d in (np.dtype(_c), np.dtype(_c).newbyteorder(">")):
         _DTYPES[_d.str] = _d
-_DTYPE_BYTES = {s: s.encode("ascii") for s in _DTYPES}
+_DTYPE_BYTES = {s: s.encode("ascii").ljust(4, b"\0") for s in _DTYPES}  # NUL-padded to 4
 _BYTES_DTYPE = {b: _DTYPES[s] for s, b in _DTYPE_BYTES.items()}
-_BOOL = np.dtype("?")
+_BOOL = _DTYPES["|b1"]
 
 _U8, _U16, _U32 = struct.Struct("<B"), struct.Struct("<H"), struct.Struct("<I")
+_ND_HEAD = struct.Struct("<4sI")  # dtype, ndim: 8 bytes, so inline data starts 8-byte aligned
 _SHAPES = [struct.Struct(f"<{n}Q") for n in range(MAX_NDIM + 1)]
 _PAD = [b"\0" * n for n in range(8)]
 
-# msgpack decodes its reserved timestamp ext (-1) itself, without calling ext_hook; these are the
-# only byte forms it accepts, so a header without them cannot hold one (see _reject_timestamps).
-_TIMESTAMP_MARKS = (b"\xd6\xff", b"\xd7\xff", b"\xc7\x0c\xff")
 
 _UNIT_TO_STR: dict = {}  # astropy unit -> string, checked to parse back to an equal unit
 _STR_TO_UNIT: dict = {}  # string -> astropy unit; u.Unit(s) costs ~0.2 ms, so cache (bounded)
@@ -66,7 +64,7 @@ class _Unsupported(Exception):
 
 
 def _array_payload(arr: np.ndarray, frames: list, inline_max: int, prefix: bytes = b"") -> tuple:
-    """(ext kind, payload) for an ndarray; large arrays are appended to `frames` without a copy."""
+    """(ext code, payload) for an ndarray; large arrays are appended to `frames` without a copy."""
     dt = _DTYPE_BYTES.get(arr.dtype.str)
     if dt is None:
         raise _Unsupported(_dtype_reason(arr.dtype))
@@ -74,9 +72,9 @@ def _array_payload(arr: np.ndarray, frames: list, inline_max: int, prefix: bytes
         raise _Unsupported(f"array has {arr.ndim} dimensions (at most {MAX_NDIM})")
     if not arr.flags.c_contiguous:
         arr = arr.copy(order="C")
-    head = prefix + _U8.pack(arr.ndim) + _U8.pack(len(dt)) + dt + _SHAPES[arr.ndim].pack(*arr.shape)
+    head = prefix + _ND_HEAD.pack(dt, arr.ndim) + _SHAPES[arr.ndim].pack(*arr.shape)
     if arr.nbytes <= inline_max:
-        return EXT_NDARRAY_INLINE, head + _PAD[-len(head) % 8] + arr.tobytes()
+        return EXT_NDARRAY_INLINE, head + arr.tobytes()
     frames.append(memoryview(arr.reshape(-1).view(np.uint8)))
     return EXT_NDARRAY_FRAME, head + _U32.pack(len(frames) - 1)
 
@@ -86,6 +84,7 @@ def _quantity_payload(q, frames: list, inline_max: int) -> bytes:
     arr = q.view(np.ndarray)
     kind = EXT_NDARRAY_INLINE if arr.nbytes <= inline_max else EXT_NDARRAY_FRAME
     prefix = _U16.pack(len(s.encode())) + s.encode() + _U8.pack(kind)
+    prefix += _PAD[-len(prefix) % 8]
     return _array_payload(arr, frames, inline_max, prefix)[1]
 
 
@@ -126,7 +125,7 @@ class _Encoder:
             if dt is None:
                 raise _Unsupported(f"numpy scalar type {t.__name__} is not supported (only bool, "
                                    f"int, uint, float and complex scalars)")
-            return msgpack.ExtType(EXT_NUMPY_SCALAR, _U8.pack(len(dt)) + dt + obj.tobytes())
+            return msgpack.ExtType(EXT_NUMPY_SCALAR, dt + obj.tobytes())
         units = sys.modules.get("astropy.units")  # a Quantity exists only if astropy is imported
         if units is not None and isinstance(obj, units.Quantity):
             return msgpack.ExtType(EXT_QUANTITY, _quantity_payload(obj, self.frames, self.inline_max))
@@ -187,26 +186,31 @@ def encode(obj: Any, *, inline_max: int = 1024) -> list:
 
 
 _CONTAINERS = (dict, list, tuple)
-_LEAVES = frozenset([str, int, float, bool, type(None), bytes, np.ndarray])
+_KEY_TYPES = frozenset([str, int])
+_LEAVES = frozenset([str, int, float, bool, type(None), bytes, np.ndarray]
+                    + [d.type for d in _DTYPES.values()])
 
 
 def _keys_ok(obj: Any, depth: int) -> bool:
-    """Fast pre-check msgpack cannot do: dict keys are str or int, and nesting is bounded."""
+    """Fast pre-check msgpack cannot do: dict keys are str or int, and nesting is bounded.
+
+    Type sets are built with map() so that dicts and lists of plain values cost no Python loop.
+    """
     if depth > MAX_DEPTH:
         return False
     if isinstance(obj, dict):
-        for k, v in obj.items():
-            tk = type(k)
-            if tk is not str and tk is not int:
-                return False
-            tv = type(v)
-            if tv not in _LEAVES and isinstance(v, _CONTAINERS) and not _keys_ok(v, depth + 1):
-                return False
+        if not _KEY_TYPES.issuperset(map(type, obj)):
+            return False
+        values = obj.values()
     elif isinstance(obj, (list, tuple)):
-        for v in obj:
-            tv = type(v)
-            if tv not in _LEAVES and isinstance(v, _CONTAINERS) and not _keys_ok(v, depth + 1):
-                return False
+        values = obj
+    else:
+        return True
+    if _LEAVES.issuperset(map(type, values)):
+        return True
+    for v in values:
+        if type(v) not in _LEAVES and isinstance(v, _CONTAINERS) and not _keys_ok(v, depth + 1):
+            return False
     return True
 
 
@@ -278,43 +282,46 @@ class _Decoder:
         if code == EXT_NDARRAY_INLINE or code == EXT_NDARRAY_FRAME:
             return self.array(code, data, 0)
         if code == EXT_NUMPY_SCALAR:
-            dt, off = _parse_dtype(data, 0)
-            if len(data) != off + dt.itemsize:
+            dt = _dtype(data[:4])
+            if len(data) != 4 + dt.itemsize:
                 raise ProtocolError("numpy scalar: payload length does not match its dtype")
-            arr = np.frombuffer(data, dt, 1, off)
-            _check_bool(arr)
+            arr = np.frombuffer(data, dt, 1, 4)
+            if dt is _BOOL:
+                _check_bool(arr)
             return arr[0]
         if code == EXT_QUANTITY:
             return self.quantity(data)
         raise ProtocolError(f"unknown msgpack ext code {code}")
 
     def array(self, code: int, data: bytes, off: int) -> np.ndarray:
-        ndim, off = _take(_U8, data, off)
+        dtb, ndim = _ND_HEAD.unpack_from(data, off)
+        dt = _dtype(dtb)
         if ndim > MAX_NDIM:
             raise ProtocolError(f"array has {ndim} dimensions (at most {MAX_NDIM})")
-        dt, off = _parse_dtype(data, off)
-        shape, off = _take(_SHAPES[ndim], data, off, many=True)
+        shape = _SHAPES[ndim].unpack_from(data, off + 8)
+        off += 8 + 8 * ndim
         count = math.prod(shape)
         if code == EXT_NDARRAY_INLINE:
-            off += -off % 8
-            buf = data
             if len(data) - off != count * dt.itemsize:
                 raise ProtocolError("inline array: data length does not match shape and dtype")
+            arr = np.frombuffer(data, dt, count, off)
         elif code == EXT_NDARRAY_FRAME:
-            index, end = _take(_U32, data, off)
-            if end != len(data):
-                raise ProtocolError("array frame reference: trailing bytes")
-            buf, off = self.frame(index), 0
-            if buf.nbytes != count * dt.itemsize:
+            (index,) = _U32.unpack_from(data, off)
+            if off + 4 != len(data):
+                raise ProtocolError("array frame reference: wrong length")
+            buf = self.frame(index)
+            if len(buf) != count * dt.itemsize:
                 raise ProtocolError(f"frame {index}: length does not match shape and dtype")
+            arr = np.frombuffer(buf, dt)
         else:
             raise ProtocolError(f"quantity: unknown array kind {code}")
-        arr = np.frombuffer(buf, dt, count, off).reshape(shape)
-        arr.flags.writeable = False
-        _check_bool(arr)
+        if ndim != 1:
+            arr = arr.reshape(shape)
+        if dt is _BOOL:
+            _check_bool(arr)
         return arr
 
-    def frame(self, index: int) -> memoryview:
+    def frame(self, index: int) -> bytes | memoryview:
         if index != self.next:
             if 1 <= index < self.next:
                 raise ProtocolError(f"frame {index} is referenced twice")
@@ -322,15 +329,16 @@ class _Decoder:
         if index >= len(self.frames):
             raise ProtocolError(f"frame index {index} out of range ({len(self.frames)} frames)")
         self.next += 1
-        return _as_bytes_view(self.frames[index])
+        frame = self.frames[index]
+        return frame if type(frame) is bytes else _as_bytes_view(frame).toreadonly()
 
     def quantity(self, data: bytes):
-        ulen, off = _take(_U16, data, 0)
-        if ulen > MAX_UNIT_LEN or off + ulen > len(data):
+        (ulen,) = _U16.unpack_from(data, 0)
+        if ulen > MAX_UNIT_LEN or 3 + ulen > len(data):
             raise ProtocolError("quantity: bad unit length")
-        s = data[off : off + ulen].decode()
-        kind, off = _take(_U8, data, off + ulen)
-        arr = self.array(kind, data, off)
+        s = data[2 : 2 + ulen].decode()
+        kind = data[2 + ulen]
+        arr = self.array(kind, data, 3 + ulen + (-(3 + ulen) % 8))
         import astropy.units as u
 
         unit = _STR_TO_UNIT.get(s)
@@ -347,23 +355,15 @@ class _Decoder:
         return u.Quantity(arr, unit, dtype=arr.dtype, copy=False)
 
 
-def _take(st: struct.Struct, data: bytes, off: int, many: bool = False) -> tuple:
-    if off + st.size > len(data):
-        raise ProtocolError("truncated ext payload")
-    values = st.unpack_from(data, off)
-    return (values if many else values[0]), off + st.size
-
-
-def _parse_dtype(data: bytes, off: int) -> tuple[np.dtype, int]:
-    dlen, off = _take(_U8, data, off)
-    dt = _BYTES_DTYPE.get(data[off : off + dlen])
+def _dtype(dtb: bytes) -> np.dtype:
+    dt = _BYTES_DTYPE.get(dtb)
     if dt is None:
-        raise ProtocolError(f"dtype {data[off:off + dlen]!r} is not in the allow-list")
-    return dt, off + dlen
+        raise ProtocolError(f"dtype {dtb!r} is not in the allow-list")
+    return dt
 
 
 def _check_bool(arr: np.ndarray) -> None:
-    if arr.dtype == _BOOL and arr.size and arr.view(np.uint8).max() > 1:
+    if arr.size and arr.view(np.uint8).max() > 1:
         raise ProtocolError("bool array holds bytes other than 0 and 1")
 
 
@@ -412,7 +412,7 @@ def decode(frames: Sequence, *, max_frames: int = 10_000, max_header: int = 64 <
         )
         if dec.next != n:
             raise ProtocolError(f"payload has {n - dec.next} unreferenced frame(s)")
-        if any(m in header for m in _TIMESTAMP_MARKS):
+        if b"\xff" in header:  # memchr: a timestamp ext needs a 0xff type byte
             _reject_timestamps(obj, 0)
         return obj
     except ProtocolError:
@@ -424,13 +424,17 @@ def decode(frames: Sequence, *, max_frames: int = 10_000, max_header: int = 64 <
 
 
 def _reject_timestamps(obj: Any, depth: int) -> None:
-    t = type(obj)
-    if t is msgpack.Timestamp:
-        raise ProtocolError("unknown msgpack ext code -1 (timestamp)")
-    if t is dict:
-        for k, v in obj.items():
-            _reject_timestamps(k, depth + 1)
-            _reject_timestamps(v, depth + 1)
-    elif t is list:
-        for v in obj:
+    """msgpack decodes its reserved ext -1 (timestamp) itself, without our ext_hook: find and refuse it."""
+    if type(obj) is dict:
+        types = set(map(type, obj)) | set(map(type, obj.values()))
+        values = obj.values()
+    elif type(obj) is list:
+        types = set(map(type, obj))
+        values = obj
+    else:
+        return
+    if msgpack.Timestamp in types:
+        raise ProtocolError("unsupported msgpack ext code -1 (timestamp)")
+    if dict in types or list in types:
+        for v in values:
             _reject_timestamps(v, depth + 1)
