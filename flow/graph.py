@@ -382,7 +382,7 @@ def _check_use(spec: StepSpec, obj: Any) -> list[ConfigError]:
                          f"write 'kind: {obj.kind}' or leave 'kind' out")]
         return _check_class_params(spec, obj, label)
     if not callable(obj):
-        return [_err(spec, "use", f"{label} is a {type(obj).__name__}, not a step class or function",
+        return [_err(spec, "use", f"{label} ({type(obj).__name__}) is not a step class or function",
                      "point 'use' at a Producer/Stager/Consumer subclass or a function")]
     if spec.kind == "producer":
         return [_err(spec, "kind", f"{label} is a plain function; a producer must be a Producer class",
@@ -454,7 +454,7 @@ def _check_shape(graph: Graph, doubtful: set[str], partial: bool) -> list[Config
     if not graph.steps:
         return [] if partial else [GraphError("the pipeline has no steps", *where,
                                               "add steps under 'steps:'")]
-    errors = _check_edges(graph)
+    errors = _check_edges(graph, doubtful)
     kinds = {s.kind for s in graph.steps if s.name not in doubtful}
     unsure = bool(doubtful) or not kinds <= set(KINDS)
     if "producer" not in kinds and not unsure:
@@ -470,12 +470,12 @@ def _check_shape(graph: Graph, doubtful: set[str], partial: bool) -> list[Config
     return errors
 
 
-def _check_edges(graph: Graph) -> list[ConfigError]:
+def _check_edges(graph: Graph, doubtful: set[str]) -> list[ConfigError]:
     names = set(graph.names)
     by_name = {s.name: s for s in graph.steps}
     errors = []
     for spec in graph.steps:
-        if spec.kind == "consumer" and spec.to:
+        if spec.kind == "consumer" and spec.to and spec.name not in doubtful:
             errors.append(_err(spec, "to", "a consumer cannot send events on ('to' given)",
                                "remove 'to', or make it a stager", GraphError))
             continue
@@ -483,7 +483,7 @@ def _check_edges(graph: Graph) -> list[ConfigError]:
             if target not in names:
                 hint = did_you_mean(target, names - {spec.name}) or f"steps: {', '.join(graph.names)}"
                 errors.append(_err(spec, "to", f"unknown target '{target}' in 'to'", hint, GraphError))
-            elif by_name[target].kind == "producer":
+            elif by_name[target].kind == "producer" and target not in doubtful:
                 errors.append(_err(spec, "to", f"sends to producer '{target}', but producers take no inputs",
                                    f"remove '{target}' from 'to', or make '{target}' a stager", GraphError))
         if len(set(spec.to)) != len(spec.to):
