@@ -15,14 +15,14 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from .errors import ConfigError, ConfigErrors, FlowError
+from .errors import ConfigError, FlowError
 from .graph import Graph
 
 EXIT_OK = 0
-EXIT_PARTIAL = 1        # the run finished, but some events went to the dead-letter file
-EXIT_CONFIG = 2         # the pipeline description is wrong (nothing was started)
-EXIT_RUN_FAILED = 3     # the run could not go on (router died, worker could not start...)
-EXIT_ABORTED = 130      # aborted by a second SIGINT/SIGTERM (or Ctrl-C before the run started)
+EXIT_PARTIAL = 1  # the run finished, but some events went to the dead-letter file
+EXIT_CONFIG = 2  # the pipeline description is wrong (nothing was started)
+EXIT_RUN_FAILED = 3  # the run could not go on (router died, worker could not start...)
+EXIT_ABORTED = 130  # aborted by a second SIGINT/SIGTERM (or Ctrl-C before the run started)
 
 #: Every exit code of ``flow`` and what it means.
 EXIT_CODES = {
@@ -52,10 +52,22 @@ class Command:
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     """FILE plus ``--set STEP.PARAM=VALUE`` and ``--workers STEP=N|MIN:MAX`` (repeatable)."""
     parser.add_argument("file", metavar="FILE", help="pipeline YAML file")
-    parser.add_argument("--set", dest="overrides", action="append", default=[],
-                        metavar="STEP.PARAM=VALUE", help="override a step parameter (YAML value)")
-    parser.add_argument("--workers", dest="workers", action="append", default=[],
-                        metavar="STEP=N|MIN:MAX", help="override a step's worker bounds")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="STEP.PARAM=VALUE",
+        help="override a step parameter (YAML value)",
+    )
+    parser.add_argument(
+        "--workers",
+        dest="workers",
+        action="append",
+        default=[],
+        metavar="STEP=N|MIN:MAX",
+        help="override a step's worker bounds",
+    )
 
 
 def load_from_args(args: argparse.Namespace) -> Graph:
@@ -88,8 +100,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def _graph_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser)
-    parser.add_argument("--format", choices=("mermaid", "dot"), default="mermaid",
-                        help="output format (default: mermaid)")
+    parser.add_argument(
+        "--format",
+        choices=("mermaid", "dot"),
+        default="mermaid",
+        help="output format (default: mermaid)",
+    )
     parser.add_argument("-o", "--output", metavar="PATH", help="write to PATH instead of stdout")
 
 
@@ -123,14 +139,27 @@ def _write(text: str, path: str | None) -> None:
 
 
 COMMANDS: list[Command] = [
-    Command("validate", "check a pipeline file without starting anything",
-            "flow validate configs/demo.yaml", _validate_arguments, cmd_validate),
-    Command("graph", "draw the pipeline as Mermaid or Graphviz DOT",
-            "flow graph configs/demo.yaml --format dot | dot -Tsvg > demo.svg",
-            _graph_arguments, cmd_graph),
-    Command("show-config", "print every option in effect as commented YAML",
-            "flow show-config configs/demo.yaml --set clean.picture=8",
-            _show_config_arguments, cmd_show_config),
+    Command(
+        "validate",
+        "check a pipeline file without starting anything",
+        "flow validate configs/demo.yaml",
+        _validate_arguments,
+        cmd_validate,
+    ),
+    Command(
+        "graph",
+        "draw the pipeline as Mermaid or Graphviz DOT",
+        "flow graph configs/demo.yaml --format dot | dot -Tsvg > demo.svg",
+        _graph_arguments,
+        cmd_graph,
+    ),
+    Command(
+        "show-config",
+        "print every option in effect as commented YAML",
+        "flow show-config configs/demo.yaml --set clean.picture=8",
+        _show_config_arguments,
+        cmd_show_config,
+    ),
 ]
 
 
@@ -148,12 +177,17 @@ def build_parser(commands: Sequence[Command] | None = None) -> argparse.Argument
         prog="flow",
         description="Run graphs of processing steps over streams of Cherenkov-telescope events.",
         epilog=f"examples:\n{examples}\n\nexit codes:\n{codes}",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for command in commands:
-        p = sub.add_parser(command.name, help=command.help, description=command.help,
-                           epilog=f"example:\n  {command.example}",
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        p = sub.add_parser(
+            command.name,
+            help=command.help,
+            description=command.help,
+            epilog=f"example:\n  {command.example}",
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         command.add_arguments(p)
         p.set_defaults(func=command.run)
     return parser

@@ -17,8 +17,19 @@ from typing import Any
 import yaml
 
 from .errors import ConfigError, ConfigErrors
-from .graph import (REGISTRY, ROUTER_TYPES, Graph, RouterOptions, StepSpec, Workers, check,
-                    did_you_mean, infer_kind, resolve_use, sort_errors)
+from .graph import (
+    REGISTRY,
+    ROUTER_TYPES,
+    Graph,
+    RouterOptions,
+    StepSpec,
+    Workers,
+    check,
+    did_you_mean,
+    infer_kind,
+    resolve_use,
+    sort_errors,
+)
 from .params import declared_params
 from .step import Step
 
@@ -55,8 +66,9 @@ def _construct_map(loader: _LineLoader, node: yaml.MappingNode) -> _Map:
     for key_node, value_node in node.value:
         key = loader.construct_object(key_node, deep=True)
         if not isinstance(key, (str, int, float, bool)) and key is not None:
-            raise yaml.constructor.ConstructorError(None, None, "found an unhashable key",
-                                                    key_node.start_mark)
+            raise yaml.constructor.ConstructorError(
+                None, None, "found an unhashable key", key_node.start_mark
+            )
         line = key_node.start_mark.line + 1
         if key in out:
             out.duplicates.append((key, line, out.key_lines[key]))
@@ -77,16 +89,25 @@ _LineLoader.add_constructor("tag:yaml.org,2002:seq", _construct_seq)
 
 
 def _type_name(value: Any) -> str:
-    return {dict: "mapping", _Map: "mapping", list: "list", _Seq: "list", str: "string",
-            type(None): "nothing"}.get(type(value), type(value).__name__)
+    return {
+        dict: "mapping",
+        _Map: "mapping",
+        list: "list",
+        _Seq: "list",
+        str: "string",
+        type(None): "nothing",
+    }.get(type(value), type(value).__name__)
 
 
 # ---------------------------------------------------------------------------------------------
 # Public entry points
 
 
-def load_graph(path: str | os.PathLike, overrides: Mapping[str, Any] | Iterable = (),
-               workers: Mapping[str, Any] | Iterable = ()) -> Graph:
+def load_graph(
+    path: str | os.PathLike,
+    overrides: Mapping[str, Any] | Iterable = (),
+    workers: Mapping[str, Any] | Iterable = (),
+) -> Graph:
     """Read, override and validate a pipeline file; raise `ConfigErrors` listing every problem.
 
     ``overrides`` maps ``"STEP.PARAM"`` to a value (a string is parsed as a YAML scalar), or is a
@@ -98,14 +119,22 @@ def load_graph(path: str | os.PathLike, overrides: Mapping[str, Any] | Iterable 
         with open(filename, encoding="utf-8") as f:
             text = f.read()
     except OSError as exc:
-        raise ConfigErrors([ConfigError(f"cannot read the file: {exc.strerror or exc}", filename)]) from None
+        raise ConfigErrors(
+            [ConfigError(f"cannot read the file: {exc.strerror or exc}", filename)]
+        ) from None
     except UnicodeDecodeError as exc:
-        raise ConfigErrors([ConfigError(f"not a UTF-8 text file ({exc.reason})", filename)]) from None
+        raise ConfigErrors(
+            [ConfigError(f"not a UTF-8 text file ({exc.reason})", filename)]
+        ) from None
     return graph_from_text(text, filename, overrides, workers)
 
 
-def graph_from_text(text: str, filename: str = "<string>", overrides: Mapping[str, Any] | Iterable = (),
-                    workers: Mapping[str, Any] | Iterable = ()) -> Graph:
+def graph_from_text(
+    text: str,
+    filename: str = "<string>",
+    overrides: Mapping[str, Any] | Iterable = (),
+    workers: Mapping[str, Any] | Iterable = (),
+) -> Graph:
     """Like `load_graph`, from the YAML text itself (``filename`` is used in messages)."""
     data = _parse_yaml(text, filename)
     builder = _Builder(filename)
@@ -119,9 +148,16 @@ def graph_from_text(text: str, filename: str = "<string>", overrides: Mapping[st
 
 
 def _parse_yaml(text: str, filename: str) -> Any:
-    if not text.strip() or all(not ln.strip() or ln.lstrip().startswith("#") for ln in text.splitlines()):
-        raise ConfigErrors([ConfigError("the file is empty", filename, 1,
-                                        "a pipeline needs at least 'name' and 'steps'")])
+    if not text.strip() or all(
+        not ln.strip() or ln.lstrip().startswith("#") for ln in text.splitlines()
+    ):
+        raise ConfigErrors(
+            [
+                ConfigError(
+                    "the file is empty", filename, 1, "a pipeline needs at least 'name' and 'steps'"
+                )
+            ]
+        )
     try:
         return yaml.load(text, Loader=_LineLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.MarkedYAMLError as exc:
@@ -135,10 +171,14 @@ def _yaml_error(exc: yaml.MarkedYAMLError, filename: str) -> ConfigError:
     problem = exc.problem or exc.context or "cannot parse"
     context = exc.context or ""
     if context.startswith("while parsing a flow") and exc.context_mark and exc.problem_mark:
-        what = context.removeprefix("while parsing a ")   # "flow sequence" / "flow mapping"
+        what = context.removeprefix("while parsing a ")  # "flow sequence" / "flow mapping"
         close = "]" if "sequence" in what else "}"
-        return ConfigError(f"invalid YAML: unclosed {what}: {problem} on line {mark.line + 1}",
-                           filename, exc.context_mark.line + 1, f"close it with '{close}'")
+        return ConfigError(
+            f"invalid YAML: unclosed {what}: {problem} on line {mark.line + 1}",
+            filename,
+            exc.context_mark.line + 1,
+            f"close it with '{close}'",
+        )
     hint = None
     if "\t" in problem or "'\\t'" in problem:
         hint = "indent with spaces; YAML does not allow tabs"
@@ -173,8 +213,11 @@ class _Builder:
 
     def graph(self, data: Any) -> Graph:
         if not isinstance(data, _Map):
-            self.error(getattr(data, "line", 1), f"the top level must be a mapping, got a {_type_name(data)}",
-                       "a pipeline is a mapping with 'name', 'steps' and optionally 'router'")
+            self.error(
+                getattr(data, "line", 1),
+                f"the top level must be a mapping, got a {_type_name(data)}",
+                "a pipeline is a mapping with 'name', 'steps' and optionally 'router'",
+            )
             return Graph(name="", steps=(), file=self.file)
         self.unknown_keys(data, TOP_KEYS, "")
         lines = [(k, v) for k, v in data.key_lines.items() if isinstance(k, str)]
@@ -189,26 +232,42 @@ class _Builder:
             self.error(data.key_lines["description"], "'description' must be a string")
             description = ""
         router, router_lines = self.router(data)
-        return Graph(name=name if isinstance(name, str) else "", steps=self.steps(data),
-                     router=router, file=self.file, description=description,
-                     lines=tuple(lines + router_lines))
+        return Graph(
+            name=name if isinstance(name, str) else "",
+            steps=self.steps(data),
+            router=router,
+            file=self.file,
+            description=description,
+            lines=tuple(lines + router_lines),
+        )
 
     def steps(self, data: _Map) -> tuple[StepSpec, ...]:
         if "steps" not in data:
-            self.error(data.line, "missing top-level key 'steps'", "add 'steps:' with a list of steps")
+            self.error(
+                data.line, "missing top-level key 'steps'", "add 'steps:' with a list of steps"
+            )
             return ()
         items = data["steps"]
         if not isinstance(items, _Seq):
-            self.error(data.key_lines["steps"], f"'steps' must be a list, got a {_type_name(items)}",
-                       "write each step as '- name: ...' under 'steps:'")
+            self.error(
+                data.key_lines["steps"],
+                f"'steps' must be a list, got a {_type_name(items)}",
+                "write each step as '- name: ...' under 'steps:'",
+            )
             return ()
-        specs = (self.step(item, line, i) for i, (item, line) in enumerate(zip(items, items.item_lines)))
+        specs = (
+            self.step(item, line, i)
+            for i, (item, line) in enumerate(zip(items, items.item_lines, strict=True))
+        )
         return tuple(s for s in specs if s is not None)
 
     def step(self, item: Any, line: int, index: int) -> StepSpec | None:
         if not isinstance(item, _Map):
-            self.error(line, f"step #{index + 1} must be a mapping, got a {_type_name(item)}",
-                       "write '- name: NAME' and 'use: module:Name' on the following lines")
+            self.error(
+                line,
+                f"step #{index + 1} must be a mapping, got a {_type_name(item)}",
+                "write '- name: NAME' and 'use: module:Name' on the following lines",
+            )
             return None
         name = item.get("name")
         label = f" in step '{name}'" if isinstance(name, str) else f" in step #{index + 1}"
@@ -217,24 +276,40 @@ class _Builder:
             self.error(item.line, f"step #{index + 1} has no 'name'", "add 'name: NAME'")
             return None
         if not isinstance(name, str):
-            self.error(item.key_lines["name"], f"step #{index + 1}: 'name' must be a string, "
-                                               f"got a {_type_name(name)}")
+            self.error(
+                item.key_lines["name"],
+                f"step #{index + 1}: 'name' must be a string, got a {_type_name(name)}",
+            )
             return None
         lines = {k: v for k, v in item.key_lines.items() if isinstance(k, str)}
         params = self.params(item, label, lines)
         use = item.get("use")
-        kind = item["kind"] if "kind" in item else (infer_kind(use) if use is not None else None) or ""
-        return StepSpec(name=name, kind=kind, use=use, params=params, to=self.targets(item, label),
-                        workers=self.workers(item, label, lines), pinned=item.get("pinned", False),
-                        file=self.file, line=item.line, lines=tuple(lines.items()))
+        kind = (
+            item["kind"] if "kind" in item else (infer_kind(use) if use is not None else None) or ""
+        )
+        return StepSpec(
+            name=name,
+            kind=kind,
+            use=use,
+            params=params,
+            to=self.targets(item, label),
+            workers=self.workers(item, label, lines),
+            pinned=item.get("pinned", False),
+            file=self.file,
+            line=item.line,
+            lines=tuple(lines.items()),
+        )
 
     def params(self, item: _Map, label: str, lines: dict[str, int]) -> tuple[tuple[str, Any], ...]:
         values = item.get("with")
         if values is None:
             return ()
         if not isinstance(values, _Map):
-            self.error(item.key_lines["with"], f"'with'{label} must be a mapping of parameters, "
-                                               f"got a {_type_name(values)}", "write 'with: {name: value}'")
+            self.error(
+                item.key_lines["with"],
+                f"'with'{label} must be a mapping of parameters, got a {_type_name(values)}",
+                "write 'with: {name: value}'",
+            )
             return ()
         for key, line, first in values.duplicates:
             self.error(line, f"duplicate parameter '{key}'{label}", f"first given on line {first}")
@@ -249,8 +324,11 @@ class _Builder:
             return (to,)
         if isinstance(to, _Seq) and all(isinstance(t, str) for t in to):
             return tuple(to)
-        self.error(item.key_lines["to"], f"'to'{label} must be a step name or a list of step names, "
-                                         f"got {_plain(to)!r}", "write 'to: [next_step]'")
+        self.error(
+            item.key_lines["to"],
+            f"'to'{label} must be a step name or a list of step names, got {_plain(to)!r}",
+            "write 'to: [next_step]'",
+        )
         return tuple(t for t in to if isinstance(t, str)) if isinstance(to, _Seq) else ()
 
     def workers(self, item: _Map, label: str, lines: dict[str, int]) -> Workers:
@@ -258,15 +336,19 @@ class _Builder:
         if _is_int(value):
             return Workers(value, value)
         if not isinstance(value, _Map):
-            self.error(item.key_lines["workers"], f"'workers'{label} must be N or {{min: N, max: M}}, "
-                                                  f"got {_plain(value)!r}")
+            self.error(
+                item.key_lines["workers"],
+                f"'workers'{label} must be N or {{min: N, max: M}}, got {_plain(value)!r}",
+            )
             return Workers()
         self.unknown_keys(value, WORKER_KEYS, f" in 'workers'{label}")
         lines.update({f"workers.{k}": v for k, v in value.key_lines.items() if isinstance(k, str)})
         bounds = {k: value.get(k) for k in WORKER_KEYS if k in value}
         for key, v in bounds.items():
             if not _is_int(v):
-                self.error(value.key_lines[key], f"'workers.{key}'{label} must be an integer, got {v!r}")
+                self.error(
+                    value.key_lines[key], f"'workers.{key}'{label} must be an integer, got {v!r}"
+                )
                 return Workers()
         low = bounds.get("min", 1)
         return Workers(low, bounds.get("max", max(low, 1)))
@@ -276,7 +358,9 @@ class _Builder:
         if values is None:
             return RouterOptions(), []
         if not isinstance(values, _Map):
-            self.error(data.key_lines["router"], f"'router' must be a mapping, got a {_type_name(values)}")
+            self.error(
+                data.key_lines["router"], f"'router' must be a mapping, got a {_type_name(values)}"
+            )
             return RouterOptions(), []
         self.unknown_keys(values, tuple(ROUTER_TYPES), " in 'router'")
         options = {}
@@ -284,8 +368,11 @@ class _Builder:
             if key in ROUTER_TYPES:
                 converted = _router_value(ROUTER_TYPES[key], value)
                 if converted is None:
-                    self.error(values.key_lines[key], f"router option '{key}' must be "
-                                                      f"{ROUTER_TYPES[key].__name__}, got {value!r}")
+                    self.error(
+                        values.key_lines[key],
+                        f"router option '{key}' must be "
+                        f"{ROUTER_TYPES[key].__name__}, got {value!r}",
+                    )
                 else:
                     options[key] = converted
         lines = [(f"router.{k}", v) for k, v in values.key_lines.items() if isinstance(k, str)]
@@ -326,8 +413,11 @@ def parse_overrides(items: Mapping[str, Any] | Iterable) -> list[tuple[str, str,
     for key, value, text in pairs:
         step_name, dot, param = key.partition(".")
         if not dot or not step_name or not param:
-            errors.append(ConfigError(f"--set {text}: expected STEP.PARAM=VALUE",
-                                      hint="e.g. --set clean.picture=8"))
+            errors.append(
+                ConfigError(
+                    f"--set {text}: expected STEP.PARAM=VALUE", hint="e.g. --set clean.picture=8"
+                )
+            )
             continue
         if isinstance(value, str):
             try:
@@ -355,8 +445,12 @@ def parse_workers(items: Mapping[str, Any] | Iterable) -> list[tuple[str, Worker
             if len(bounds) != 2:
                 raise ValueError
         except (TypeError, ValueError):
-            errors.append(ConfigError(f"--workers {text}: expected STEP=N or STEP=MIN:MAX",
-                                      hint="e.g. --workers calibrate=1:8"))
+            errors.append(
+                ConfigError(
+                    f"--workers {text}: expected STEP=N or STEP=MIN:MAX",
+                    hint="e.g. --workers calibrate=1:8",
+                )
+            )
             continue
         out.append((name, Workers(*bounds), text))
     if errors:
@@ -364,7 +458,9 @@ def parse_workers(items: Mapping[str, Any] | Iterable) -> list[tuple[str, Worker
     return out
 
 
-def _pairs(items: Mapping[str, Any] | Iterable, option: str, form: str) -> list[tuple[str, Any, str]]:
+def _pairs(
+    items: Mapping[str, Any] | Iterable, option: str, form: str
+) -> list[tuple[str, Any, str]]:
     if isinstance(items, Mapping):
         return [(str(k), v, f"{k}={v}") for k, v in items.items()]
     out = []
@@ -428,7 +524,9 @@ def _override_problem(spec: StepSpec, param: str, value: Any, text: str) -> Conf
     if param not in declared:
         valid = f"valid: {', '.join(declared)}" if declared else "it takes no parameters"
         hint = " ".join(h for h in (did_you_mean(param, declared), valid) if h)
-        return ConfigError(f"--set {text}: step '{spec.name}' has no parameter '{param}'", hint=hint)
+        return ConfigError(
+            f"--set {text}: step '{spec.name}' has no parameter '{param}'", hint=hint
+        )
     try:
         declared[param].convert(value)
     except ValueError as exc:

@@ -20,8 +20,11 @@ from .params import REQUIRED, describe_params
 from .step import Step
 
 _MERMAID_SHAPES = {"producer": ('(["', '"])'), "stager": ('["', '"]'), "consumer": ('[("', '")]')}
-_DOT_SHAPES = {"producer": "shape=invhouse", "stager": "shape=box, style=rounded",
-               "consumer": "shape=cylinder"}
+_DOT_SHAPES = {
+    "producer": "shape=invhouse",
+    "stager": "shape=box, style=rounded",
+    "consumer": "shape=cylinder",
+}
 
 
 def node_label(spec: StepSpec) -> str:
@@ -54,11 +57,16 @@ def _dot_quote(text: str) -> str:
 
 def to_dot(graph: Graph) -> str:
     """A Graphviz digraph (left to right): producers as houses, stagers as boxes, consumers as cylinders."""
-    lines = [f"digraph {_dot_quote(graph.name)} {{", "    rankdir=LR;",
-             '    node [fontname="Helvetica"];']
+    lines = [
+        f"digraph {_dot_quote(graph.name)} {{",
+        "    rankdir=LR;",
+        '    node [fontname="Helvetica"];',
+    ]
     for spec in graph.steps:
         shape = _DOT_SHAPES.get(spec.kind, _DOT_SHAPES["stager"])
-        lines.append(f"    {_dot_quote(spec.name)} [{shape}, label={_dot_quote(node_label(spec))}];")
+        lines.append(
+            f"    {_dot_quote(spec.name)} [{shape}, label={_dot_quote(node_label(spec))}];"
+        )
     for spec in graph.steps:
         lines += [f"    {_dot_quote(spec.name)} -> {_dot_quote(t)};" for t in spec.to]
     lines.append("}")
@@ -90,8 +98,10 @@ def _plain_ok(text: str) -> bool:
 def _aligned(rows: list[tuple[str, str]], indent: str) -> list[str]:
     """``key: value  # comment`` lines with the comments in one column."""
     width = max((len(text) for text, _ in rows), default=0)
-    return [f"{indent}{text:<{width}}  # {comment}".rstrip() if comment else f"{indent}{text}"
-            for text, comment in rows]
+    return [
+        f"{indent}{text:<{width}}  # {comment}".rstrip() if comment else f"{indent}{text}"
+        for text, comment in rows
+    ]
 
 
 def _param_rows(spec: StepSpec) -> list[tuple[str, str]]:
@@ -100,9 +110,13 @@ def _param_rows(spec: StepSpec) -> list[tuple[str, str]]:
     except Exception:
         obj = None
     if isinstance(obj, type) and issubclass(obj, Step):
-        return [(f"{r['name']}: {yaml_value(r['value'])}", f"{r['type']}, {_default(r['default'])}"
-                 + (f": {r['help']}" if r["help"] else ""))
-                for r in describe_params(obj, spec.param_dict)]
+        return [
+            (
+                f"{r['name']}: {yaml_value(r['value'])}",
+                f"{r['type']}, {_default(r['default'])}" + (f": {r['help']}" if r["help"] else ""),
+            )
+            for r in describe_params(obj, spec.param_dict)
+        ]
     given = spec.param_dict
     rows = []
     if obj is not None and callable(obj):
@@ -113,7 +127,11 @@ def _param_rows(spec: StepSpec) -> list[tuple[str, str]]:
         for p in params:
             if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY):
                 default = "required" if p.default is p.empty else f"default {yaml_value(p.default)}"
-                tname = getattr(p.annotation, "__name__", p.annotation) if p.annotation is not p.empty else ""
+                tname = (
+                    getattr(p.annotation, "__name__", p.annotation)
+                    if p.annotation is not p.empty
+                    else ""
+                )
                 value = given.pop(p.name, None if p.default is p.empty else p.default)
                 rows.append((f"{p.name}: {yaml_value(value)}", f"{tname}, {default}".lstrip(", ")))
     rows += [(f"{k}: {yaml_value(v)}", "") for k, v in given.items()]
@@ -137,9 +155,15 @@ def _step_lines(spec: StepSpec) -> list[str]:
     w = spec.workers
     workers = str(w.min) if w.min == w.max else f"{{min: {w.min}, max: {w.max}}}"
     out = [f"  # {_summary(spec)}", f"  - name: {spec.name}"]
-    out += _aligned([(f"kind: {spec.kind}", ""), (f"use: {yaml_value(use_label(spec.use))}", ""),
-                     (f"workers: {workers}", "scaled by the router" if w.min != w.max else ""),
-                     (f"pinned: {yaml_value(spec.pinned)}", "")], "    ")
+    out += _aligned(
+        [
+            (f"kind: {spec.kind}", ""),
+            (f"use: {yaml_value(use_label(spec.use))}", ""),
+            (f"workers: {workers}", "scaled by the router" if w.min != w.max else ""),
+            (f"pinned: {yaml_value(spec.pinned)}", ""),
+        ],
+        "    ",
+    )
     rows = _param_rows(spec)
     if rows:
         out.append("    with:")
@@ -152,8 +176,10 @@ def _step_lines(spec: StepSpec) -> list[str]:
 def show_config(graph: Graph) -> str:
     """Every step's effective options and the router options, as commented YAML (a valid pipeline)."""
     source = f" (from {graph.file})" if graph.file else ""
-    out = [f"# Effective configuration of pipeline '{graph.name}'{source}",
-           f"name: {yaml_value(graph.name)}"]
+    out = [
+        f"# Effective configuration of pipeline '{graph.name}'{source}",
+        f"name: {yaml_value(graph.name)}",
+    ]
     if graph.description:
         out.append(f"description: {yaml_value(graph.description)}")
     out.append("steps:")
@@ -161,8 +187,13 @@ def show_config(graph: Graph) -> str:
         out += _step_lines(spec)
     out.append("router:")
     defaults = RouterOptions()
-    rows = [(f"{f.name}: {yaml_value(getattr(graph.router, f.name))}",
-             f"{ROUTER_TYPES[f.name].__name__}, default {yaml_value(getattr(defaults, f.name))}: "
-             f"{f.metadata.get('help', '')}".rstrip(": ")) for f in fields(RouterOptions)]
+    rows = [
+        (
+            f"{f.name}: {yaml_value(getattr(graph.router, f.name))}",
+            f"{ROUTER_TYPES[f.name].__name__}, default {yaml_value(getattr(defaults, f.name))}: "
+            f"{f.metadata.get('help', '')}".rstrip(": "),
+        )
+        for f in fields(RouterOptions)
+    ]
     out += _aligned(rows, "  ")
     return "\n".join(out) + "\n"

@@ -43,7 +43,9 @@ def test_validate_malformed_yaml_and_missing_file(capsys, tmp_path):
     assert capsys.readouterr().err.startswith(f"{path}:4: invalid YAML: found character '\\t'")
     missing = str(tmp_path / "nope.yaml")
     assert main(["validate", missing]) == EXIT_CONFIG
-    assert capsys.readouterr().err == f"{missing}: cannot read the file: No such file or directory\n"
+    assert (
+        capsys.readouterr().err == f"{missing}: cannot read the file: No such file or directory\n"
+    )
 
 
 def test_validate_with_overrides(capsys):
@@ -56,7 +58,9 @@ def test_validate_with_overrides(capsys):
     ]
 
 
-@pytest.mark.parametrize("fmt, first", [("mermaid", "%% pipeline: linear"), ("dot", 'digraph "linear" {')])
+@pytest.mark.parametrize(
+    "fmt, first", [("mermaid", "%% pipeline: linear"), ("dot", 'digraph "linear" {')]
+)
 def test_graph_formats(capsys, fmt, first):
     assert main(["graph", LINEAR, "--format", fmt, "--workers", "add=1:8"]) == EXIT_OK
     out = capsys.readouterr().out
@@ -109,8 +113,13 @@ def test_build_parser_takes_extra_commands():
     from flow.cli import Command
 
     seen = []
-    extra = Command("hello", "say hello", "flow hello NAME",
-                    lambda p: p.add_argument("who"), lambda a: seen.append(a.who) or 0)
+    extra = Command(
+        "hello",
+        "say hello",
+        "flow hello NAME",
+        lambda p: p.add_argument("who"),
+        lambda a: seen.append(a.who) or 0,
+    )
     args = build_parser([*COMMANDS, extra]).parse_args(["hello", "you"])
     assert args.func(args) == 0 and seen == ["you"]
 
@@ -120,10 +129,26 @@ def test_flow_console_script_validates_a_good_file():
     if not flow.exists():
         pytest.skip("the flow console script is not installed next to this python")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    proc = subprocess.run([str(flow), "validate", "tests/data/good/branches.yaml"], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=120)
-    assert (proc.returncode, proc.stdout, proc.stderr) == (0, "tests/data/good/branches.yaml: ok (5 steps)\n", "")
-    proc = subprocess.run([str(flow), "validate", "tests/data/broken/cycle.yaml"], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [str(flow), "validate", "tests/data/good/branches.yaml"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert (proc.returncode, proc.stdout, proc.stderr) == (
+        0,
+        "tests/data/good/branches.yaml: ok (5 steps)\n",
+        "",
+    )
+    proc = subprocess.run(
+        [str(flow), "validate", "tests/data/broken/cycle.yaml"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2
     assert proc.stderr.startswith("tests/data/broken/cycle.yaml:8: step 'a': cycle: a -> b -> a")
