@@ -60,18 +60,23 @@ class _LineLoader(yaml.SafeLoader):
 
 
 def _construct_map(loader: _LineLoader, node: yaml.MappingNode) -> _Map:
-    loader.flatten_mapping(node)
+    own = sum(1 for key_node, _ in node.value if key_node.tag != "tag:yaml.org,2002:merge")
+    loader.flatten_mapping(node)  # merged (<<: *anchor) pairs come first; own keys override them
+    merged = len(node.value) - own
     out = _Map()
     out.line, out.key_lines, out.duplicates = node.start_mark.line + 1, {}, []
-    for key_node, value_node in node.value:
+    own_keys: set = set()
+    for index, (key_node, value_node) in enumerate(node.value):
         key = loader.construct_object(key_node, deep=True)
         if not isinstance(key, (str, int, float, bool)) and key is not None:
             raise yaml.constructor.ConstructorError(
                 None, None, "found an unhashable key", key_node.start_mark
             )
         line = key_node.start_mark.line + 1
-        if key in out:
-            out.duplicates.append((key, line, out.key_lines[key]))
+        if index >= merged:
+            if key in own_keys:
+                out.duplicates.append((key, line, out.key_lines[key]))
+            own_keys.add(key)
         out[key] = loader.construct_object(value_node, deep=True)
         out.key_lines[key] = line
     return out

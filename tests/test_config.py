@@ -380,3 +380,24 @@ def test_show_config_output_is_a_pipeline_with_the_same_effective_values():
             cls = getattr(test_steps, a.use.partition(":")[2])
             assert resolve_params(cls, a.param_dict) == resolve_params(cls, b.param_dict)
     assert again["evens"].param_dict == {"parts": 4}
+
+
+def test_yaml_anchors_and_merge_keys_are_not_duplicates():
+    text = """\
+name: m
+steps:
+  - &base
+    name: read
+    use: tests.steps:Counter
+    to: [write]
+  - <<: *base
+    name: read2
+    with: {start: 100}
+  - name: write
+    use: tests.steps:ListConsumer
+    with: {path: x}
+"""
+    graph = graph_from_text(text, "m.yaml")
+    assert [s.name for s in graph.producers] == ["read", "read2"]
+    assert graph["read2"].line_of("name") == 8 and graph["read2"].line_of("use") == 5
+    assert graph.inputs("write") == ("read", "read2")
