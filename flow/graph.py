@@ -341,8 +341,8 @@ def check(graph: Graph, partial: bool = False) -> list[ConfigError]:
     seen: dict[str, StepSpec] = {}
     doubtful: set[str] = set()  # steps whose effective kind is unknown
     for spec in graph.steps:
-        step_errors = _check_step(spec, seen)
-        if any(e.line == spec.line_of("kind") and "kind" in e.message for e in step_errors):
+        step_errors, obj = _check_step(spec, seen)
+        if spec.kind not in KINDS or _class_kind(obj) not in (None, spec.kind):
             doubtful.add(spec.name)
         errors += step_errors
         seen.setdefault(spec.name, spec)
@@ -379,7 +379,15 @@ def _check_router(graph: Graph) -> list[ConfigError]:
     return errors
 
 
-def _check_step(spec: StepSpec, seen: Mapping[str, StepSpec]) -> list[ConfigError]:
+def _class_kind(obj: Any) -> str | None:
+    """The kind a Step class declares; None for anything else."""
+    if inspect.isclass(obj) and issubclass(obj, Step):
+        return obj.kind or None
+    return None
+
+
+def _check_step(spec: StepSpec, seen: Mapping[str, StepSpec]) -> tuple[list[ConfigError], Any]:
+    """The step's own problems, and the object its ``use`` names (None if it cannot be resolved)."""
     errors = []
     if not isinstance(spec.name, str) or not NAME_RE.match(spec.name):
         errors.append(
@@ -429,7 +437,7 @@ def _check_step(spec: StepSpec, seen: Mapping[str, StepSpec]) -> list[ConfigErro
     errors += _check_workers(spec)
     if not isinstance(spec.pinned, bool):
         errors.append(_err(spec, "pinned", f"'pinned' must be true or false, got {spec.pinned!r}"))
-    return errors if obj is None else errors + _check_use(spec, obj)
+    return (errors if obj is None else errors + _check_use(spec, obj)), obj
 
 
 def _check_workers(spec: StepSpec) -> list[ConfigError]:
