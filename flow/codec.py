@@ -39,8 +39,8 @@ _INT_MIN, _INT_MAX = -(1 << 63), (1 << 64) - 1
 
 # The allow-list: every numeric and bool dtype, in both byte orders. Nothing else is decoded.
 _DTYPES: dict[str, np.dtype] = {}
-for _c in "?bBhHiIqQefdFD":
-    for _d in (np.dtype(_c), np.dtype(_c).newbyteorder(">")):
+for _c in "b1 i1 u1 i2 u2 i4 u4 i8 u8 f2 f4 f8 c8 c16".split():  # canonical types: i8 is np.int64
+    for _d in (np.dtype(_c).newbyteorder(">"), np.dtype(_c)):
         _DTYPES[_d.str] = _d
 _DTYPE_BYTES = {s: s.encode("ascii").ljust(4, b"\0") for s in _DTYPES}  # NUL-padded to 4
 _BYTES_DTYPE = {b: _DTYPES[s] for s, b in _DTYPE_BYTES.items()}
@@ -245,7 +245,7 @@ def _find_problem(obj: Any, path: str, depth: int) -> tuple[str, str] | None:
     if isinstance(obj, dict):
         for k, v in obj.items():
             if type(k) is not str and type(k) is not int:
-                return path, f"key {k!r} of type {type(k).__name__} is not supported (keys are str or int)"
+                return path, f"key {k!r} of type {type(k).__name__} is not supported (keys must be str or int)"
             found = _find_problem(v, f"{path}[{k!r}]", depth + 1)
             if found:
                 return found
@@ -413,7 +413,7 @@ def decode(frames: Sequence, *, max_frames: int = 10_000, max_header: int = 64 <
         if dec.next != n:
             raise ProtocolError(f"payload has {n - dec.next} unreferenced frame(s)")
         if b"\xff" in header:  # memchr: a timestamp ext needs a 0xff type byte
-            _reject_timestamps(obj, 0)
+            _reject_timestamps([obj], 0)
         return obj
     except ProtocolError:
         raise
