@@ -1,8 +1,9 @@
 """The ``flow`` command line.
 
 One function per subcommand (``cmd_validate(args) -> int``...) and one `Command` entry per
-subcommand in `COMMANDS`; `build_parser` makes the subparsers from that list, so adding a
-subcommand is one function plus one entry. Configuration errors print as ``FILE:LINE: message (hint)``
+subcommand in `COMMANDS` (or in a module listed in `EXTENSIONS`, like ``flow.cli_run``);
+`build_parser` makes the subparsers from those lists, so adding a subcommand is one function plus
+one entry. Configuration errors print as ``FILE:LINE: message (hint)``
 on stderr and exit with `EXIT_CONFIG`. The current directory is put on ``sys.path`` (as
 ``python -m`` does), so ``use: mypkg.mod:Name`` finds modules next to where ``flow`` is run.
 """
@@ -10,6 +11,7 @@ on stderr and exit with `EXIT_CONFIG`. The current directory is put on ``sys.pat
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -167,9 +169,28 @@ COMMANDS: list[Command] = [
 # Parser and entry point
 
 
+#: Modules adding subcommands, as (module, list attribute); imported when the parser is built, so
+#: they may import this module for `Command`, `add_config_arguments` and `load_from_args`.
+EXTENSIONS: list[tuple[str, str]] = [("flow.cli_run", "RUN_COMMANDS")]
+
+
+def all_commands() -> list[Command]:
+    """`COMMANDS` plus the commands of every module in `EXTENSIONS` that is present."""
+    commands = list(COMMANDS)
+    for module_name, attr in EXTENSIONS:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name != module_name:
+                raise
+            continue
+        commands += getattr(module, attr)
+    return commands
+
+
 def build_parser(commands: Sequence[Command] | None = None) -> argparse.ArgumentParser:
-    """The ``flow`` parser, with one subparser per entry of ``commands`` (default `COMMANDS`)."""
-    commands = COMMANDS if commands is None else commands
+    """The ``flow`` parser, with one subparser per command (default: `all_commands()`)."""
+    commands = all_commands() if commands is None else commands
     width = max((len(c.name) for c in commands), default=0)
     examples = "\n".join(f"  {c.name:<{width}}  {c.example}" for c in commands)
     codes = "\n".join(f"  {code:>3}  {meaning}" for code, meaning in EXIT_CODES.items())
