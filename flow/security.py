@@ -19,6 +19,7 @@ import os
 import shutil
 import tempfile
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,11 @@ class KeyPaths:
     client_public: Path
     client_secret: Path
     authorized: Path          # directory of the client public keys the server accepts
+
+    def __iter__(self) -> Iterator[Path]:
+        """The five paths in the order above (what `flow keys generate` prints)."""
+        return iter((self.server_public, self.server_secret, self.client_public,
+                     self.client_secret, self.authorized))
 
 
 def key_paths(keys_dir: str | os.PathLike) -> KeyPaths:

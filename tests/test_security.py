@@ -152,6 +152,8 @@ def test_bind_policy(keys, tmp_path, caplog):
 def test_key_files_and_permissions(tmp_path):
     paths = generate_keys(tmp_path / "keys")
     assert paths == key_paths(tmp_path / "keys")
+    assert [p.name for p in paths] == ["server.key", "server.key_secret", "client.key",
+                                       "client.key_secret", "authorized"]
     for secret in (paths.server_secret, paths.client_secret):
         assert stat.S_IMODE(secret.stat().st_mode) == 0o600
         public, secret_key = zmq.auth.load_certificate(secret)
