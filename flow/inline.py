@@ -13,9 +13,9 @@ import traceback
 
 from . import codec
 from .deadletter import DeadLetterFile
-from .graph import Graph
+from .graph import Graph, resolve_use
 from .routing import ALL, path_after, producer_outputs, stager_outputs
-from .step import import_object, instantiate
+from .step import instantiate
 from .summary import RunSummary
 
 
@@ -23,8 +23,7 @@ def build_steps(graph: Graph, context: dict) -> dict:
     """Instantiate every step of the graph with its parameters and the context."""
     steps = {}
     for spec in graph.steps:
-        obj = import_object(spec.use) if isinstance(spec.use, str) else spec.use
-        steps[spec.name] = instantiate(obj, spec.kind, spec.name, spec.param_dict, context)
+        steps[spec.name] = instantiate(resolve_use(spec.use), spec.kind, spec.name, spec.param_dict, context)
     return steps
 
 

@@ -212,8 +212,8 @@ class Router:
                     break
         finally:
             self.finished_t = time.monotonic()
-            if self.state != "aborted":
-                self.state = "finished" if self.failure is None else "aborted"
+            if self.state not in ("aborted", "failed"):
+                self.state = "finished" if self.failure is None else "failed"
             self.shutdown()
 
     def done(self) -> bool:
@@ -251,7 +251,7 @@ class Router:
 
     def abort(self, grace_s: float = 1.5) -> None:
         """Hard stop: every worker is told to leave now (consumers still close their files)."""
-        self.state = "aborted"
+        self.state = "aborted" if self.failure is None else "failed"
         for w in self.workers.values():
             if w.state not in ("done", "dead"):
                 self._send(w, P.STOP, {"abort": True})
@@ -580,7 +580,8 @@ class Router:
             if st.kind == "consumer":
                 self.step_failures.append(f"consumer '{st.spec.name}' died after end of stream")
             return
-        if not st.finished and len(st.workers) < max(1, st.desired):
+        if not st.finished and not self._aborting_t and self.failure is None \
+                and len(st.workers) < max(1, st.desired):
             self.spawn(st)
 
     def set_workers(self, name: str, n: int) -> None:

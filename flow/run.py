@@ -12,9 +12,9 @@ from pathlib import Path
 
 from . import codec
 from .deadletter import DeadLetterFile
-from .graph import Graph
+from .graph import Graph, resolve_use
 from .inline import run_inline
-from .step import import_object, instantiate
+from .step import instantiate
 from .summary import RunSummary
 
 log = logging.getLogger("flow.run")
@@ -44,8 +44,7 @@ class RunOptions:
 
 def use_spec(obj) -> str:
     """``module:qualname`` of a step class or function, to send to workers."""
-    if isinstance(obj, str):
-        return obj
+    obj = resolve_use(obj)
     return f"{obj.__module__}:{obj.__qualname__}"
 
 
@@ -55,8 +54,7 @@ def prepare_context(graph: Graph, resume: bool = False) -> tuple[dict, int | Non
     total = 0
     known = True
     for spec in graph.producers:
-        obj = import_object(spec.use) if isinstance(spec.use, str) else spec.use
-        step = instantiate(obj, "producer", spec.name, spec.param_dict)
+        step = instantiate(resolve_use(spec.use), "producer", spec.name, spec.param_dict)
         context.update(step.publish_context() or {})
         n = step.total()
         if n is None:

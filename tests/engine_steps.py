@@ -1,0 +1,118 @@
+"""Steps for the engine's fault-injection tests (besides the plain ones in tests/steps.py).
+
+Faults that must happen once (crash, hang) use a marker file so the redelivered event succeeds.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+
+import numpy as np
+
+from flow.params import REQUIRED, Param
+from flow.step import Consumer, Keyed, Producer, Stager
+
+
+class FailSetup(Stager):
+    """Raises in setup."""
+
+    def setup(self) -> None:
+        raise RuntimeError("calibration table missing")
+
+    def process(self, event):
+        return event
+
+
+class CrashOnce(Stager):
+    """The first worker to see i == `on` dies with os._exit (like a segfault)."""
+
+    on = Param(int, 3, "i that kills the worker once")
+    marker = Param(str, REQUIRED, "file created when the crash has happened")
+
+    def process(self, event):
+        if event["i"] == self.on and not os.path.exists(self.marker):
+            open(self.marker, "w").close()
+            os._exit(11)
+        return event
+
+
+class HangOnce(Stager):
+    """The first worker to see i == `on` hangs forever inside process."""
+
+    on = Param(int, 3, "i that hangs the worker once")
+    marker = Param(str, REQUIRED, "file created when the hang has started")
+
+    def process(self, event):
+        if event["i"] == self.on and not os.path.exists(self.marker):
+            open(self.marker, "w").close()
+            time.sleep(3600)
+        return event
+
+
+class CrashAlways(Stager):
+    """Every worker dies on i == `on` (a poison event)."""
+
+    on = Param(int, 3, "i that kills every worker")
+
+    def process(self, event):
+        if event["i"] == self.on:
+            os._exit(11)
+        return event
+
+
+class Blobs(Producer):
+    """Yields n events carrying a float32 array of `nbytes` bytes, keyed str(i)."""
+
+    n = Param(int, 10, "number of events")
+    nbytes = Param(int, 1 << 20, "payload bytes per event")
+
+    def process(self) -> Iterator[Keyed]:
+        data = np.arange(self.nbytes // 4, dtype=np.float32)
+        for i in range(self.n):
+            yield Keyed(str(i), {"i": i, "value": i, "data": data})
+
+    def total(self) -> int:
+        return self.n
+
+
+
+
+
+
+
+class SlowCount(Consumer):
+    """Sleeps `ms` per event and appends its key to `path` (one line per event)."""
+
+    ms = Param(float, 50.0, "milliseconds per event")
+    path = Param(str, REQUIRED, "output file")
+
+    def setup(self) -> None:
+        self._f = open(self.path, "a", encoding="utf-8")
+
+    def process(self, event) -> None:
+        time.sleep(self.ms / 1000)
+        self._f.write(self.key + "\n")
+        self._f.flush()
+
+    def teardown(self) -> None:
+        self._f.close()
+
+    def done_keys(self):
+        if not os.path.exists(self.path):
+            return []
+        with open(self.path, encoding="utf-8") as f:
+            return [line.strip() for line in f if line.strip()]
+
+
+class Busy(Stager):
+    """Burns CPU for `ms` per event (`ms_after` once `switch_at` events of this worker passed)."""
+
+    ms = Param(float, 1.0, "CPU milliseconds per event")
+
+    def process(self, event):
+        end = time.perf_counter() + self.ms / 1000
+        while time.perf_counter() < end:
+            pass
+        return event
