@@ -44,6 +44,7 @@ for _c in "b1 i1 u1 i2 u2 i4 u4 i8 u8 f2 f4 f8 c8 c16".split():  # canonical typ
         _DTYPES[_d.str] = _d
 _DTYPE_BYTES = {s: s.encode("ascii").ljust(4, b"\0") for s in _DTYPES}  # NUL-padded to 4
 _BYTES_DTYPE = {b: _DTYPES[s] for s, b in _DTYPE_BYTES.items()}
+_DTYPE_CODE = {_DTYPES[s]: b for s, b in _DTYPE_BYTES.items()}  # keyed by dtype: cheaper than .str
 _BOOL = _DTYPES["|b1"]
 
 _U8, _U16, _U32 = struct.Struct("<B"), struct.Struct("<H"), struct.Struct("<I")
@@ -65,7 +66,7 @@ class _Unsupported(Exception):
 
 def _array_payload(arr: np.ndarray, frames: list, inline_max: int, prefix: bytes = b"") -> tuple:
     """(ext code, payload) for an ndarray; large arrays are appended to `frames` without a copy."""
-    dt = _DTYPE_BYTES.get(arr.dtype.str)
+    dt = _DTYPE_CODE.get(arr.dtype)
     if dt is None:
         raise _Unsupported(_dtype_reason(arr.dtype))
     if arr.ndim > MAX_NDIM:
@@ -75,7 +76,7 @@ def _array_payload(arr: np.ndarray, frames: list, inline_max: int, prefix: bytes
     head = prefix + _ND_HEAD.pack(dt, arr.ndim) + _SHAPES[arr.ndim].pack(*arr.shape)
     if arr.nbytes <= inline_max:
         return EXT_NDARRAY_INLINE, head + arr.tobytes()
-    frames.append(memoryview(arr.reshape(-1).view(np.uint8)))
+    frames.append(arr.data.cast("B") if arr.nbytes else b"")  # a flat byte view: no copy
     return EXT_NDARRAY_FRAME, head + _U32.pack(len(frames) - 1)
 
 
@@ -121,7 +122,7 @@ class _Encoder:
         if t is tuple:
             return list(obj)
         if isinstance(obj, np.generic):
-            dt = _DTYPE_BYTES.get(obj.dtype.str)
+            dt = _DTYPE_CODE.get(obj.dtype)
             if dt is None:
                 raise _Unsupported(f"numpy scalar type {t.__name__} is not supported (only bool, "
                                    f"int, uint, float and complex scalars)")
