@@ -112,7 +112,8 @@ class FakePipeline:
     def __init__(self, pub_addr: str | None = None, ctl_addr: str | None = None, *,
                  steps: list[dict] | None = None, token: str = "s3cret", run_id: str | None = None,
                  name: str = "fake-dl1", interval: float | None = 0.2, total: int | None = 10_000,
-                 tap: str | None = "clean->hillas", rate: int = 100, stop_after: int | None = None):
+                 tap: str | None = "clean->hillas", rate: int = 100, stop_after: int | None = None,
+                 time_step: float | None = None, wobble: bool = False):
         self.steps = [dict(s) for s in (steps or DEFAULT_STEPS)]
         self.token = token
         self.run_id = run_id or uuid.uuid4().hex[:12]
@@ -121,6 +122,8 @@ class FakePipeline:
         self.total = total
         self.rate = rate
         self.stop_after = stop_after
+        self.time_step = time_step          # fake clock: record k has t = start + k * time_step
+        self.wobble = wobble                # vary rates and queues over time (screenshots)
         self.taps: set[str] = {tap} if tap else set()
         self.state = "running"
         self.k = 0                          # stats records published so far
@@ -272,11 +275,14 @@ class FakePipeline:
         new = min(max(old, lo), hi)
         if new != old:
             self.workers[step["name"]] = new
-            self.pending_decisions.append({"t": time.time(), "step": step["name"], "old": old,
+            self.pending_decisions.append({"t": self.now(), "step": step["name"], "old": old,
                                            "new": new, "reason": f"bounds set to {lo}-{hi}"})
         return {"ok": True, "error": None}
 
     # -- publishing
+    def now(self) -> float:
+        return self._start_t + self.k * self.time_step if self.time_step else time.time()
+
     def graph_record(self) -> dict:
         return {"v": 1, "type": "graph", "name": self.name, "run_id": self.run_id,
                 "steps": [dict(s) for s in self.steps]}
@@ -314,7 +320,7 @@ class FakePipeline:
             s = self.steps[1]["name"]
             old = self.workers[s]
             self.workers[s] = min(old + 1, self.steps[1]["workers_max"])
-            self.pending_decisions.append({"t": time.time(), "step": s, "old": old,
+            self.pending_decisions.append({"t": self.now(), "step": s, "old": old,
                                            "new": self.workers[s], "reason": "queue growing (12/s)"})
             self.pending_dead.append({"key": "1:42", "step": "clean", "attempts": 3,
                                       "exception": "ValueError: image has NaN pixels",
@@ -322,6 +328,15 @@ class FakePipeline:
                                       "\"stages/image.py\", line 40, in process\n"
                                       "ValueError: image has NaN pixels\n"})
             self.publish_log("scaler: calibrate 1 -> 2 (queue growing)")
+        if self.wobble and self.k % 15 == 0 and self.state == "running":  # the scaler at work
+            s = self.steps[2]
+            old = self.workers[s["name"]]
+            new = old + 1 if (self.k // 15) % 3 else max(s["workers_min"], old - 1)
+            new = min(new, s["workers_max"])
+            self.workers[s["name"]] = new
+            reason = "queue growing" if new > old else "idle workers"
+            self.pending_decisions.append({"t": self.now(), "step": s["name"], "old": old, "new": new,
+                                           "reason": f"{reason} (busy {50 + self.k % 40} %)"})
         steps, workers = {}, []
         for i, s in enumerate(self.steps):
             n_in, n_out = self.counts(k, i)
@@ -332,10 +347,16 @@ class FakePipeline:
             w = self.workers[s["name"]] = min(max(self.workers[s["name"]], s["workers_min"]),
                                              s["workers_max"])
             busy = min(1.0, 0.25 * i)
+            rate = float(self.rate if self.state == "running" else 0)
+            queue = 3 * i
+            if self.wobble:
+                phase = self.k / 9.0 + i
+                busy = min(1.0, max(0.0, busy + 0.15 * math.sin(phase)))
+                rate *= 1 + 0.25 * math.sin(phase) - 0.05 * i
+                queue = int(queue * (3 + 2.5 * math.sin(phase / 2)) + (40 if i == 3 else 0))
             steps[s["name"]] = {
                 "kind": s["kind"], "in": n_in, "out": n_out,
-                "rate": float(self.rate if self.state == "running" else 0),
-                "rate_avg": float(self.rate), "queue": 3 * i, "queue_bytes": 3 * i * 40_000,
+                "rate": rate, "rate_avg": float(self.rate), "queue": queue, "queue_bytes": queue * 40_000,
                 "inflight": w, "workers": w, "workers_min": s["workers_min"],
                 "workers_max": s["workers_max"], "busy": busy, "latency_p50_ms": 2.0 + i,
                 "latency_p99_ms": 10.0 + 3 * i, "errors": 1 if (s["name"] == "clean" and self.k >= 3) else 0,
@@ -347,8 +368,9 @@ class FakePipeline:
                                 "done": n_in // w, "errors": 0, "state": "busy" if busy else "idle"})
         produced = self.rate * k
         total = self.total
-        elapsed = time.time() - self._start_t
-        rec = {"v": 1, "type": "stats", "run_id": self.run_id, "t": time.time(), "state": self.state,
+        now = self.now()
+        elapsed = now - self._start_t
+        rec = {"v": 1, "type": "stats", "run_id": self.run_id, "t": now, "state": self.state,
                "elapsed_s": elapsed, "produced": produced, "total": total,
                "progress": min(1.0, produced / total) if total else None,
                "eta_s": (total - produced) / self.rate if total else None,
