@@ -30,7 +30,9 @@ __all__ = ["encode", "decode", "encoded_size"]
 EXT_NDARRAY_INLINE = 1  # dtype:4s ndim:u32 shape:u64[ndim] raw-bytes
 EXT_NDARRAY_FRAME = 2  # dtype:4s ndim:u32 shape:u64[ndim] frame-index:u32
 EXT_NUMPY_SCALAR = 3  # dtype:4s raw-bytes(itemsize)
-EXT_QUANTITY = 4  # ulen:u16 unit-utf8 kind:u8 (1 or 2) pad-to-8, then the array payload of that kind
+EXT_QUANTITY = (
+    4  # ulen:u16 unit-utf8 kind:u8 (1 or 2) pad-to-8, then the array payload of that kind
+)
 
 MAX_NDIM = 32
 MAX_DEPTH = 256  # nesting of dicts/lists accepted by encode
@@ -103,8 +105,10 @@ def _unit_string(unit) -> str:
 
 
 def _dtype_reason(dt: np.dtype) -> str:
-    return (f"dtype {dt} is not supported (only bool, int8..uint64, float16/32/64 and "
-            f"complex64/128 arrays; send structured fields as separate arrays)")
+    return (
+        f"dtype {dt} is not supported (only bool, int8..uint64, float16/32/64 and "
+        f"complex64/128 arrays; send structured fields as separate arrays)"
+    )
 
 
 class _Encoder:
@@ -124,12 +128,16 @@ class _Encoder:
         if isinstance(obj, np.generic):
             dt = _DTYPE_CODE.get(obj.dtype)
             if dt is None:
-                raise _Unsupported(f"numpy scalar type {t.__name__} is not supported (only bool, "
-                                   f"int, uint, float and complex scalars)")
+                raise _Unsupported(
+                    f"numpy scalar type {t.__name__} is not supported (only bool, "
+                    f"int, uint, float and complex scalars)"
+                )
             return msgpack.ExtType(EXT_NUMPY_SCALAR, dt + obj.tobytes())
         units = sys.modules.get("astropy.units")  # a Quantity exists only if astropy is imported
         if units is not None and isinstance(obj, units.Quantity):
-            return msgpack.ExtType(EXT_QUANTITY, _quantity_payload(obj, self.frames, self.inline_max))
+            return msgpack.ExtType(
+                EXT_QUANTITY, _quantity_payload(obj, self.frames, self.inline_max)
+            )
         if isinstance(obj, np.ma.MaskedArray):
             raise _Unsupported("masked arrays are not supported (send .filled() and the mask)")
         if isinstance(obj, np.ndarray):  # other subclasses (memmap, ...) travel as plain arrays
@@ -148,7 +156,8 @@ def _type_reason(v: Any) -> str:
     if t is set or t is frozenset:
         hint = "convert it to a list or array"
     elif isinstance(v, (str, bytes, int, float)):  # subclasses: enums, np.str_, ...
-        hint = f"convert it with {next(b for b in (str, bytes, int, float) if isinstance(v, b)).__name__}()"
+        base = next(b for b in (str, bytes, int, float) if isinstance(v, b))
+        hint = f"convert it with {base.__name__}()"
     else:
         hint = "convert it to a dict, list or array"
     return f"type {t.__name__} is not supported ({hint})"
@@ -171,7 +180,7 @@ def encode(obj: Any, *, inline_max: int = 1024) -> list:
     Frame buffers are memoryviews of the caller's arrays (no copy): do not modify those arrays until
     the frames are sent. Raises `ProtocolError` naming the path of a value that cannot be encoded.
     """
-    if _keys_ok(obj, 0) is False:
+    if not _keys_ok(obj, 0):
         raise _explain(obj, None)
     enc = _encoder()
     frames = enc.frames = [b""]
@@ -188,8 +197,9 @@ def encode(obj: Any, *, inline_max: int = 1024) -> list:
 
 _CONTAINERS = (dict, list, tuple)
 _KEY_TYPES = frozenset([str, int])
-_LEAVES = frozenset([str, int, float, bool, type(None), bytes, np.ndarray]
-                    + [d.type for d in _DTYPES.values()])
+_LEAVES = frozenset(
+    [str, int, float, bool, type(None), bytes, np.ndarray] + [d.type for d in _DTYPES.values()]
+)
 
 
 def _keys_ok(obj: Any, depth: int) -> bool:
@@ -246,7 +256,8 @@ def _find_problem(obj: Any, path: str, depth: int) -> tuple[str, str] | None:
     if isinstance(obj, dict):
         for k, v in obj.items():
             if type(k) is not str and type(k) is not int:
-                return path, f"key {k!r} of type {type(k).__name__} is not supported (keys must be str or int)"
+                why = f"key {k!r} of type {type(k).__name__} is not supported (keys must be str or int)"
+                return path, why
             found = _find_problem(v, f"{path}[{k!r}]", depth + 1)
             if found:
                 return found
@@ -392,8 +403,6 @@ def decode(frames: Sequence, *, max_frames: int = 10_000, max_header: int = 64 <
     Arrays sent in their own frame are zero-copy views of that frame; all arrays are read-only.
     """
     dec = _decoder()
-    if dec.frames:  # re-entered from another decode on this thread (cannot happen today)
-        dec = _Decoder()
     try:
         n = len(frames)
         if not 1 <= n <= max_frames:
@@ -407,9 +416,15 @@ def decode(frames: Sequence, *, max_frames: int = 10_000, max_header: int = 64 <
             raise ProtocolError(f"header of {len(header)} bytes exceeds max_header={max_header}")
         dec.frames, dec.next = frames, 1
         obj = msgpack.unpackb(
-            header, ext_hook=dec.ext_hook, raw=False, strict_map_key=False,
-            max_str_len=max_header, max_bin_len=max_header, max_array_len=max_header,
-            max_map_len=max_header, max_ext_len=max_header,
+            header,
+            ext_hook=dec.ext_hook,
+            raw=False,
+            strict_map_key=False,
+            max_str_len=max_header,
+            max_bin_len=max_header,
+            max_array_len=max_header,
+            max_map_len=max_header,
+            max_ext_len=max_header,
         )
         if dec.next != n:
             raise ProtocolError(f"payload has {n - dec.next} unreferenced frame(s)")
@@ -426,6 +441,8 @@ def decode(frames: Sequence, *, max_frames: int = 10_000, max_header: int = 64 <
 
 def _reject_timestamps(obj: Any, depth: int) -> None:
     """msgpack decodes its reserved ext -1 (timestamp) itself, without our ext_hook: find and refuse it."""
+    if depth > MAX_DEPTH:
+        raise ProtocolError(f"nesting deeper than {MAX_DEPTH} levels")
     if type(obj) is dict:
         types = set(map(type, obj)) | set(map(type, obj.values()))
         values = obj.values()

@@ -67,12 +67,16 @@ def test_array_roundtrip_every_dtype_byteorder_shape(dtype, inline_max, shape):
     assert_same_array(a, decode(wire(frames))["a"])
 
 
-@pytest.mark.parametrize("make", [
-    lambda: np.arange(60, dtype="f8").reshape(6, 10)[::2, 1::3],
-    lambda: np.asfortranarray(np.arange(24, dtype=">i4").reshape(4, 6)),
-    lambda: np.arange(2000, dtype="u2")[::-1],
-    lambda: np.broadcast_to(np.arange(3.0), (1000, 3)),
-], ids=["strided", "fortran", "reversed", "broadcast"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: np.arange(60, dtype="f8").reshape(6, 10)[::2, 1::3],
+        lambda: np.asfortranarray(np.arange(24, dtype=">i4").reshape(4, 6)),
+        lambda: np.arange(2000, dtype="u2")[::-1],
+        lambda: np.broadcast_to(np.arange(3.0), (1000, 3)),
+    ],
+    ids=["strided", "fortran", "reversed", "broadcast"],
+)
 @pytest.mark.parametrize("inline_max", [1 << 20, 0])
 def test_noncontiguous_arrays_roundtrip(make, inline_max):
     a = make()
@@ -89,11 +93,22 @@ def test_inline_threshold_is_nbytes():
 
 def test_plain_values_roundtrip():
     event = {
-        "obs_id": 1, "event_id": 2**64 - 1, "neg": -(2**63), "pi": 3.141592653589793,
-        "nan": float("inf"), "ok": True, "no": False, "none": None, "name": "Ünïcödé ✓",
-        "blob": bytes(range(256)) * 30, "empty": {}, "list": [1, "a", [2.5, None]],
-        "tels": {1: {"image": np.ones(1855, "f4"), "params": {"hillas_intensity": 12.5}},
-                 -4: {"tuple": (1, (2, 3))}},
+        "obs_id": 1,
+        "event_id": 2**64 - 1,
+        "neg": -(2**63),
+        "pi": 3.141592653589793,
+        "nan": float("inf"),
+        "ok": True,
+        "no": False,
+        "none": None,
+        "name": "Ünïcödé ✓",
+        "blob": bytes(range(256)) * 30,
+        "empty": {},
+        "list": [1, "a", [2.5, None]],
+        "tels": {
+            1: {"image": np.ones(1855, "f4"), "params": {"hillas_intensity": 12.5}},
+            -4: {"tuple": (1, (2, 3))},
+        },
     }
     out = roundtrip(event)
     assert out["tels"][-4] == {"tuple": [1, [2, 3]]}  # tuples come back as lists
@@ -112,16 +127,20 @@ def test_numpy_scalars_roundtrip_as_numpy_scalars(dtype):
     assert out["v"] == value and type(out["l"][0]) is type(value)
 
 
-@pytest.mark.parametrize("q", [
-    3.5 * u.TeV,
-    np.float32(2.0) * u.m / u.s**2,
-    np.arange(10.0) * u.deg,
-    np.arange(2000.0).reshape(40, 50) * u.ph / (u.cm**2 * u.s * u.TeV),  # frame-backed
-    u.Quantity(np.arange(5, dtype=">i4"), u.g / u.cm**2, dtype=">i4"),
-    u.Quantity(np.zeros((0, 3), "f4"), u.m),
-    u.Quantity(7, u.dimensionless_unscaled, dtype="i8"),
-    np.arange(4.0) * u.Unit("1000 m"),
-], ids=lambda q: f"{q.dtype}-{q.shape}-{q.unit}")
+@pytest.mark.parametrize(
+    "q",
+    [
+        3.5 * u.TeV,
+        np.float32(2.0) * u.m / u.s**2,
+        np.arange(10.0) * u.deg,
+        np.arange(2000.0).reshape(40, 50) * u.ph / (u.cm**2 * u.s * u.TeV),  # frame-backed
+        u.Quantity(np.arange(5, dtype=">i4"), u.g / u.cm**2, dtype=">i4"),
+        u.Quantity(np.zeros((0, 3), "f4"), u.m),
+        u.Quantity(7, u.dimensionless_unscaled, dtype="i8"),
+        np.arange(4.0) * u.Unit("1000 m"),
+    ],
+    ids=lambda q: f"{q.dtype}-{q.shape}-{q.unit}",
+)
 def test_quantity_roundtrip_exact(q):
     out = roundtrip({"q": q})["q"]
     assert type(out) is u.Quantity
@@ -139,11 +158,16 @@ def test_quantity_subclass_travels_as_quantity():
 
 
 def test_plain_events_do_not_import_astropy():
-    code = ("import sys, numpy as np; from flow.codec import encode, decode; "
-            "decode(encode({'a': np.ones(3), 'b': [1, 2.0], 3: np.float32(1)})); "
-            "assert 'astropy' not in sys.modules, 'astropy imported'")
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=str(__import__("pathlib").Path(
-        __file__).parent.parent))
+    code = (
+        "import sys, numpy as np; from flow.codec import encode, decode; "
+        "decode(encode({'a': np.ones(3), 'b': [1, 2.0], 3: np.float32(1)})); "
+        "assert 'astropy' not in sys.modules, 'astropy imported'"
+    )
+    subprocess.run(
+        [sys.executable, "-c", code],
+        check=True,
+        cwd=str(__import__("pathlib").Path(__file__).parent.parent),
+    )
 
 
 def test_encoded_size_counts_every_byte():
@@ -188,7 +212,10 @@ def test_zmq_frames_zero_copy_end_to_end():
     try:
         a.bind("inproc://codec-test")
         b.connect("inproc://codec-test")
-        event = {"wf": np.arange(200_000, dtype="u2").reshape(2, 100, 1000), "q": np.ones(500) * u.m}
+        event = {
+            "wf": np.arange(200_000, dtype="u2").reshape(2, 100, 1000),
+            "q": np.ones(500) * u.m,
+        }
         a.send_multipart(encode(event), copy=False)
         frames = b.recv_multipart(copy=False)
         out = decode(frames)
@@ -225,26 +252,38 @@ def test_threads_encode_and_decode_independently():
 # ------------------------------------------------------------------------------ encode errors
 
 
-@pytest.mark.parametrize("event, path, words", [
-    ({"tels": {1: {"x": {1, 2}}}}, "event['tels'][1]['x']", "type set is not supported (convert it to a list"),
-    ({"a": [0, object()]}, "event['a'][1]", "type object is not supported"),
-    ({"a": np.array([1, None], dtype=object)}, "event['a']", "dtype object is not supported"),
-    ({"a": np.zeros(2, "M8[s]")}, "event['a']", "dtype datetime64[s] is not supported"),
-    ({"a": np.zeros(2, "m8[s]")}, "event['a']", "is not supported"),
-    ({"a": np.zeros(2, [("x", "f4"), ("y", "O")])}, "event['a']", "is not supported"),
-    ({"a": np.zeros(2, [("x", "f4"), ("y", "i4")])}, "event['a']", "is not supported"),
-    ({"a": np.array(["ab"])}, "event['a']", "dtype <U2 is not supported"),
-    ({"a": np.datetime64("2020-01-01")}, "event['a']", "numpy scalar type datetime64"),
-    ({"a": np.zeros(2, "f16")}, "event['a']", "is not supported"),
-    ({1.5: 1}, "event", "key 1.5 of type float is not supported"),
-    ({"t": {np.int64(3): 1}}, "event['t']", "key np.int64(3) of type int64 is not supported (keys must be str or int)"),
-    ({"t": {(1, 2): 1}}, "event['t']", "key (1, 2) of type tuple"),
-    ({"n": [2**64]}, "event['n'][0]", "int out of the 64-bit range"),
-    ({"n": -(2**63) - 1}, "event['n']", "int out of the 64-bit range"),
-    ({"m": np.ma.array([1, 2])}, "event['m']", "masked arrays are not supported"),
-    ({"q": 5 * u.ABmag}, "event['q']", "is not supported"),
-    ({"s": np.str_("x")}, "event['s']", "numpy scalar type str_"),
-], ids=lambda v: v if isinstance(v, str) else None)
+@pytest.mark.parametrize(
+    "event, path, words",
+    [
+        (
+            {"tels": {1: {"x": {1, 2}}}},
+            "event['tels'][1]['x']",
+            "type set is not supported (convert it to a list",
+        ),
+        ({"a": [0, object()]}, "event['a'][1]", "type object is not supported"),
+        ({"a": np.array([1, None], dtype=object)}, "event['a']", "dtype object is not supported"),
+        ({"a": np.zeros(2, "M8[s]")}, "event['a']", "dtype datetime64[s] is not supported"),
+        ({"a": np.zeros(2, "m8[s]")}, "event['a']", "is not supported"),
+        ({"a": np.zeros(2, [("x", "f4"), ("y", "O")])}, "event['a']", "is not supported"),
+        ({"a": np.zeros(2, [("x", "f4"), ("y", "i4")])}, "event['a']", "is not supported"),
+        ({"a": np.array(["ab"])}, "event['a']", "dtype <U2 is not supported"),
+        ({"a": np.datetime64("2020-01-01")}, "event['a']", "numpy scalar type datetime64"),
+        ({"a": np.zeros(2, "f16")}, "event['a']", "is not supported"),
+        ({1.5: 1}, "event", "key 1.5 of type float is not supported"),
+        (
+            {"t": {np.int64(3): 1}},
+            "event['t']",
+            "key np.int64(3) of type int64 is not supported (keys must be str or int)",
+        ),
+        ({"t": {(1, 2): 1}}, "event['t']", "key (1, 2) of type tuple"),
+        ({"n": [2**64]}, "event['n'][0]", "int out of the 64-bit range"),
+        ({"n": -(2**63) - 1}, "event['n']", "int out of the 64-bit range"),
+        ({"m": np.ma.array([1, 2])}, "event['m']", "masked arrays are not supported"),
+        ({"q": 5 * u.ABmag}, "event['q']", "is not supported"),
+        ({"s": np.str_("x")}, "event['s']", "numpy scalar type str_"),
+    ],
+    ids=lambda v: v if isinstance(v, str) else None,
+)
 def test_encode_rejects_with_path(event, path, words):
     with pytest.raises(ProtocolError) as info:
         encode(event)
@@ -279,46 +318,64 @@ def ext(code, payload):
 
 
 def nd(dtype: bytes, shape, tail=b"", code=EXT_NDARRAY_INLINE):
-    head = struct.pack("<4sI", dtype.ljust(4, b"\0"), len(shape)) + struct.pack(f"<{len(shape)}Q", *shape)
+    head = struct.pack("<4sI", dtype.ljust(4, b"\0"), len(shape)) + struct.pack(
+        f"<{len(shape)}Q", *shape
+    )
     return ext(code, head + tail)
 
 
-@pytest.mark.parametrize("frames, words", [
-    ([], "0 frames"),
-    ([b"\xc1"], "malformed"),  # never-used msgpack byte
-    ([b"\x92\x01"], "malformed"),  # truncated array
-    ([msgpack.packb(1) + b"\x00"], "extra data"),
-    ([ext(9, b"abc")], "unknown msgpack ext code 9"),
-    ([msgpack.packb(msgpack.Timestamp(5, 0))], "timestamp"),
-    ([nd(b"|O8", (1,), b"\0" * 8)], "not in the allow-list"),
-    ([nd(b"|V8", (1,), b"\0" * 8)], "not in the allow-list"),
-    ([nd(b"<M8", (1,), b"\0" * 8)], "not in the allow-list"),
-    ([nd(b"<f8", (2,), b"\0" * 8)], "does not match"),
-    ([nd(b"<f8", (1,), b"\0" * 7)], "does not match"),
-    ([nd(b"<f8", (2**63, 2), b"\0" * 8)], "does not match"),  # a negative dim as int64
-    ([nd(b"<f8", (2**32, 2**32, 2**32), b"\0" * 8)], "does not match"),
-    ([nd(b"<f8", (0, 2**62))], "malformed"),  # too big for numpy even though empty
-    ([nd(b"<f8", (1,) * 33, b"\0" * 8)], "33 dimensions"),
-    ([nd(b"|b1", (2,), b"\x01\x07")], "bool array"),
-    ([ext(EXT_NUMPY_SCALAR, b"<f8\0" + b"\0" * 4)], "does not match"),
-    ([ext(EXT_NUMPY_SCALAR, b"|O8\0" + b"\0" * 8)], "allow-list"),
-    ([nd(b"<f8", (1,), struct.pack("<I", 1), EXT_NDARRAY_FRAME)], "out of range"),
-    ([nd(b"<f8", (1,), struct.pack("<I", 2), EXT_NDARRAY_FRAME), b"\0" * 8, b"\0" * 8],
-     "out of order"),
-    ([msgpack.packb([msgpack.ExtType(2, nd(b"<f8", (1,), struct.pack("<I", 1), 2)[3:])] * 2),
-      b"\0" * 8], "referenced twice"),
-    ([nd(b"<f8", (1,), struct.pack("<I", 1), EXT_NDARRAY_FRAME), b"\0" * 9], "frame 1: length"),
-    ([nd(b"<f8", (1,), struct.pack("<I", 1), EXT_NDARRAY_FRAME), b"\0" * 8, b""], "unreferenced"),
-    ([msgpack.packb({"a": 1}), b"extra"], "unreferenced"),
-    ([msgpack.packb({"a": [1, 2]})[:-1]], "malformed"),
-    ([b"\x81\x92\x01\x02\x01"], "malformed"),  # a list as map key
-    ([b"\xa2\xff\xfe"], "malformed"),  # invalid utf-8
-    ([b"\x91" * 5000], "malformed"),  # absurd nesting
-    ([b"\xdd\xff\xff\xff\xff"], "malformed"),  # array of 4G elements, no data
-    (["not bytes"], "malformed"),
-    ([None], "malformed"),
-    ([b"\x90", 3], "unreferenced"),
-], ids=lambda v: v if isinstance(v, str) else None)
+@pytest.mark.parametrize(
+    "frames, words",
+    [
+        ([], "0 frames"),
+        ([b"\xc1"], "malformed"),  # never-used msgpack byte
+        ([b"\x92\x01"], "malformed"),  # truncated array
+        ([msgpack.packb(1) + b"\x00"], "extra data"),
+        ([ext(9, b"abc")], "unknown msgpack ext code 9"),
+        ([msgpack.packb(msgpack.Timestamp(5, 0))], "timestamp"),
+        ([nd(b"|O8", (1,), b"\0" * 8)], "not in the allow-list"),
+        ([nd(b"|V8", (1,), b"\0" * 8)], "not in the allow-list"),
+        ([nd(b"<M8", (1,), b"\0" * 8)], "not in the allow-list"),
+        ([nd(b"<f8", (2,), b"\0" * 8)], "does not match"),
+        ([nd(b"<f8", (1,), b"\0" * 7)], "does not match"),
+        ([nd(b"<f8", (2**63, 2), b"\0" * 8)], "does not match"),  # a negative dim as int64
+        ([nd(b"<f8", (2**32, 2**32, 2**32), b"\0" * 8)], "does not match"),
+        ([nd(b"<f8", (0, 2**62))], "malformed"),  # too big for numpy even though empty
+        ([nd(b"<f8", (1,) * 33, b"\0" * 8)], "33 dimensions"),
+        ([nd(b"|b1", (2,), b"\x01\x07")], "bool array"),
+        ([ext(EXT_NUMPY_SCALAR, b"<f8\0" + b"\0" * 4)], "does not match"),
+        ([ext(EXT_NUMPY_SCALAR, b"|O8\0" + b"\0" * 8)], "allow-list"),
+        ([nd(b"<f8", (1,), struct.pack("<I", 1), EXT_NDARRAY_FRAME)], "out of range"),
+        (
+            [nd(b"<f8", (1,), struct.pack("<I", 2), EXT_NDARRAY_FRAME), b"\0" * 8, b"\0" * 8],
+            "out of order",
+        ),
+        (
+            [
+                msgpack.packb(
+                    [msgpack.ExtType(2, nd(b"<f8", (1,), struct.pack("<I", 1), 2)[3:])] * 2
+                ),
+                b"\0" * 8,
+            ],
+            "referenced twice",
+        ),
+        ([nd(b"<f8", (1,), struct.pack("<I", 1), EXT_NDARRAY_FRAME), b"\0" * 9], "frame 1: length"),
+        (
+            [nd(b"<f8", (1,), struct.pack("<I", 1), EXT_NDARRAY_FRAME), b"\0" * 8, b""],
+            "unreferenced",
+        ),
+        ([msgpack.packb({"a": 1}), b"extra"], "unreferenced"),
+        ([msgpack.packb({"a": [1, 2]})[:-1]], "malformed"),
+        ([b"\x81\x92\x01\x02\x01"], "malformed"),  # a list as map key
+        ([b"\xa2\xff\xfe"], "malformed"),  # invalid utf-8
+        ([b"\x91" * 5000], "malformed"),  # absurd nesting
+        ([b"\xdd\xff\xff\xff\xff"], "malformed"),  # array of 4G elements, no data
+        (["not bytes"], "malformed"),
+        ([None], "malformed"),
+        ([b"\x90", 3], "unreferenced"),
+    ],
+    ids=lambda v: v if isinstance(v, str) else None,
+)
 def test_decode_rejects(frames, words):
     with pytest.raises(ProtocolError) as info:
         decode(frames)
@@ -332,12 +389,15 @@ def quantity_ext(unit: bytes, kind=EXT_NDARRAY_INLINE):
     return ext(EXT_QUANTITY, prefix + body)
 
 
-@pytest.mark.parametrize("unit, words", [
-    (b"m**", "bad unit string"),
-    (b"not_a_unit", "bad unit string"),
-    (b"\xff\xfe", "malformed"),
-    (b"m" * 300, "bad unit length"),
-])
+@pytest.mark.parametrize(
+    "unit, words",
+    [
+        (b"m**", "bad unit string"),
+        (b"not_a_unit", "bad unit string"),
+        (b"\xff\xfe", "malformed"),
+        (b"m" * 300, "bad unit length"),
+    ],
+)
 def test_decode_rejects_bad_units(unit, words):
     with pytest.raises(ProtocolError, match=words):
         decode([quantity_ext(unit)])
@@ -364,10 +424,27 @@ FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCh
 
 # Messages that exercise every ext code, as seeds for mutation.
 SEEDS = [
-    wire(encode({"a": 1, "tels": {1: {"img": np.arange(10, dtype="f4"), "m": np.ones(3, bool)}},
-                 "s": np.int16(-3), "q": np.arange(3.0) * u.m / u.s, "l": [1.5, None, b"xy", "z"]})),
-    wire(encode({"wf": np.arange(600, dtype=">u2").reshape(2, 300), "q": np.ones(200) * u.TeV,
-                 "z": np.zeros((0, 4), "c8")}, inline_max=64)),
+    wire(
+        encode(
+            {
+                "a": 1,
+                "tels": {1: {"img": np.arange(10, dtype="f4"), "m": np.ones(3, bool)}},
+                "s": np.int16(-3),
+                "q": np.arange(3.0) * u.m / u.s,
+                "l": [1.5, None, b"xy", "z"],
+            }
+        )
+    ),
+    wire(
+        encode(
+            {
+                "wf": np.arange(600, dtype=">u2").reshape(2, 300),
+                "q": np.ones(200) * u.TeV,
+                "z": np.zeros((0, 4), "c8"),
+            },
+            inline_max=64,
+        )
+    ),
     wire(encode([np.float16(1.5), np.array(3 + 4j), 3 * u.deg])),
 ]
 
@@ -390,14 +467,19 @@ def test_fuzz_random_headers(header, rest):
 def test_fuzz_mutated_messages(seed, data):
     frames = [bytearray(f) for f in seed]
     for _ in range(data.draw(st.integers(1, 4))):
-        op = data.draw(st.sampled_from(["flip", "set", "truncate", "extend", "drop", "dup", "swap"]))
+        op = data.draw(
+            st.sampled_from(["flip", "set", "truncate", "extend", "drop", "dup", "swap"])
+        )
         i = data.draw(st.integers(0, len(frames) - 1)) if frames else 0
         if op in ("flip", "set") and frames and frames[i]:
             j = data.draw(st.integers(0, len(frames[i]) - 1))
-            frames[i][j] = (frames[i][j] ^ (1 << data.draw(st.integers(0, 7)))) if op == "flip" \
+            frames[i][j] = (
+                (frames[i][j] ^ (1 << data.draw(st.integers(0, 7))))
+                if op == "flip"
                 else data.draw(st.integers(0, 255))
+            )
         elif op == "truncate" and frames:
-            del frames[i][data.draw(st.integers(0, len(frames[i]))):]
+            del frames[i][data.draw(st.integers(0, len(frames[i]))) :]
         elif op == "extend" and frames:
             frames[i] += data.draw(st.binary(min_size=1, max_size=16))
         elif op == "drop" and frames:
@@ -411,14 +493,22 @@ def test_fuzz_mutated_messages(seed, data):
 
 # Values built from the allowed kinds, for a round-trip property.
 leaves = st.one_of(
-    st.none(), st.booleans(), st.integers(-(2**63), 2**64 - 1), st.floats(allow_nan=False),
-    st.text(max_size=20), st.binary(max_size=20),
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**63), 2**64 - 1),
+    st.floats(allow_nan=False),
+    st.text(max_size=20),
+    st.binary(max_size=20),
     st.sampled_from(DTYPES).flatmap(lambda dt: st.integers(0, 300).map(lambda n: sample(dt, (n,)))),
 )
-values = st.recursive(leaves, lambda inner: st.one_of(
-    st.lists(inner, max_size=4),
-    st.dictionaries(st.one_of(st.text(max_size=8), st.integers(-5, 5)), inner, max_size=4),
-), max_leaves=12)
+values = st.recursive(
+    leaves,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4),
+        st.dictionaries(st.one_of(st.text(max_size=8), st.integers(-5, 5)), inner, max_size=4),
+    ),
+    max_leaves=12,
+)
 
 
 def assert_equal_values(a, b):
