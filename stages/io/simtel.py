@@ -1,0 +1,352 @@
+"""sim_telarray files read with eventio, as R1 events in the flow event layout.
+
+`SimtelSource` reads a sim_telarray file (``.simtel``, ``.gz``, ``.zst``) with ``eventio.SimTelFile``
+and yields one event per array event (docs/event-schema.md), keyed ``"{obs_id}:{event_id}"``. The R1
+waveforms are those of ctapipe 0.28's ``SimTelEventSource`` with default options: pedestal per
+sample subtracted, scaled by the file's dc_to_pe, and for physics events the gain selected like
+ctapipe's ``ThresholdGainSelector`` (low gain where any high-gain R0 sample exceeds 4000 counts),
+giving shape (1, n_pix, n_samples); calibration events keep all gains.
+
+The subarray it publishes matches ctapipe's ``SubarrayDescription`` of the same file: positions from
+the run header, pixel positions derotated by the camera rotation, ctapipe's neighbour relation, the
+readout (samples, sampling rate, reference pulse shape and its sample width).
+
+A truncated or corrupt file ends the stream with a warning naming the file and the last good event;
+eventio runs in a reader thread so that a stalled read (``read_timeout_s``) cannot hang the pipeline.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from flow.errors import DataError
+from flow.params import REQUIRED, Param
+from flow.step import Keyed, Producer
+
+from ..datasets import resolve_path
+from .geometry import camera_dict
+
+log = logging.getLogger(__name__)
+
+GAIN_THRESHOLD = 4000.0  # ctapipe ThresholdGainSelector default, R0 counts of the high gain
+MISSING_IMAGE_BRIGHTNESS_LIMIT = 1_000_000
+HALF_PI, HALF_PI_MAX = 0.5 * np.pi, (1 + 1e-6) * 0.5 * np.pi
+# sim_telarray pixel_shape -> (ctapipe pixel type, pixel rotation in deg)
+PIXEL_SHAPES = {0: ("circle", 0.0), 1: ("hexagon", 0.0), 2: ("square", 0.0), 3: ("hexagon", 30.0)}
+_END = object()
+
+
+class SimtelReadWarning(UserWarning):
+    """A sim_telarray file ended early (truncated or corrupt); the events before it were read."""
+
+
+def clip_altitude(alt: float) -> float:
+    """Round |alt| a hair above pi/2 (float32 rounding in sim_telarray) to pi/2, as ctapipe."""
+    if HALF_PI < alt < HALF_PI_MAX:
+        return HALF_PI
+    if -HALF_PI_MAX < alt < -HALF_PI:
+        return -HALF_PI
+    return alt
+
+
+def select_gain(r0: np.ndarray, threshold: float = GAIN_THRESHOLD) -> np.ndarray:
+    """ctapipe's ThresholdGainSelector: int8 (n_pix,), 1 (low) where a high-gain sample > threshold."""
+    if r0.shape[0] == 1:
+        return np.zeros(r0.shape[1], dtype=np.int8)
+    return (r0[0] > threshold).any(axis=1).astype(np.int8)
+
+
+def r1_waveform(r0, pedestal, factor, gain_selection: bool):
+    """R1 waveform float32 and selected gain (or None), ``apply_simtel_r1_calibration``'s recipe."""
+    n_pix = r0.shape[-2]
+    r1 = (r0 - pedestal[..., np.newaxis]) * factor[..., np.newaxis]
+    if not gain_selection:
+        return r1.astype(np.float32), None
+    selected = select_gain(r0)
+    return r1[np.newaxis, selected, np.arange(n_pix)].astype(np.float32), selected
+
+
+def has_true_image(history) -> bool:
+    """Whether the file stores true photo-electron images (ctapipe's ``_has_true_image``)."""
+    lines, tel_lines, tel = [], {}, 0
+    for _, raw in history:
+        line = raw.decode("utf-8").strip()
+        if line.startswith("# Telescope-specific configuration follows"):
+            tel += 1
+        (tel_lines.setdefault(tel, []) if tel else lines).append(line)
+    if lines and "merge_simtel" in lines[0]:
+        return False
+    save_photons, store_pe = 0, -1
+    for line in lines:
+        if line.lower().startswith("save_photons"):
+            save_photons = int(line.split()[1])
+        if line.lower().startswith("store_photoelectrons"):
+            store_pe = int(line.split()[1])
+    if save_photons & 0b10 or store_pe > 0:
+        return True
+    return any(int(line.split()[1]) > 0 for cfg in tel_lines.values() for line in cfg
+               if "store_photoelectrons" in line.lower())
+
+
+def telescope_names(tel_meta: dict, n_pixels: int, focal_length: float, n_mirrors: int):
+    """(optics name, camera name) from the telescope metadata, else ctapipe's guess table."""
+    optics, camera = tel_meta.get(b"OPTICS_CONFIG_NAME"), tel_meta.get(b"CAMERA_CONFIG_NAME")
+    if optics is not None and camera is not None:
+        return optics.decode(), camera.decode()
+    try:
+        import astropy.units as u
+        from ctapipe.instrument.guess import guess_telescope
+
+        guess = guess_telescope(n_pixels, focal_length * u.m, n_mirrors)
+        return guess.name, guess.camera_name
+    except Exception:  # ctapipe absent or unknown telescope
+        return "UNKNOWN", f"UNKNOWN-{n_pixels}px"
+
+
+def build_camera(desc: dict, camera_name: str, source: str) -> dict:
+    """Context camera mapping from an eventio telescope description (ctapipe's build_camera)."""
+    cam = desc["camera_settings"]
+    shape = int(np.atleast_1d(cam["pixel_shape"])[0])
+    if shape not in PIXEL_SHAPES:
+        warnings.warn(f"{source}: unknown pixel_shape {shape} for camera {camera_name}, "
+                      "assuming hexagon (as ctapipe)", stacklevel=2)
+    pix_type, pix_rot = PIXEL_SHAPES.get(shape, ("hexagon", 0.0))
+    # ctapipe: cam_rotation = -cam_rot, then rotate(cam_rotation) with R(psi).T @ (x, y)
+    psi = -float(cam["cam_rot"])
+    x, y = np.asarray(cam["pixel_x"], np.float64), np.asarray(cam["pixel_y"], np.float64)
+    rot = np.array([[np.cos(psi), -np.sin(psi)], [np.sin(psi), np.cos(psi)]])
+    pix_x, pix_y = np.dot(rot.T, [x, y])
+    return camera_dict(camera_name, pix_x, pix_y, np.asarray(cam["pixel_area"], np.float64),
+                       pix_type, pix_rotation_deg=pix_rot - np.rad2deg(psi), cam_rotation_deg=0.0)
+
+
+def cached_camera(cache: dict, desc: dict, camera_name: str, source: str) -> dict:
+    """build_camera once per distinct camera (telescopes of one type share the arrays)."""
+    cam = desc["camera_settings"]
+    key = (camera_name, float(cam["cam_rot"]), np.asarray(cam["pixel_x"]).tobytes(),
+           np.asarray(cam["pixel_y"]).tobytes(), np.asarray(cam["pixel_shape"]).tobytes())
+    if key not in cache:
+        cache[key] = build_camera(desc, camera_name, source)
+    return cache[key]
+
+
+def build_subarray(f, allowed_tels, source: str) -> dict:
+    """The context subarray of an open SimTelFile (same values as ctapipe's SubarrayDescription)."""
+    header, tels, cameras = f.header, {}, {}
+    telescope_meta = getattr(f, "telescope_meta", {}) or {}
+    for tel_id, desc in f.telescope_descriptions.items():
+        if allowed_tels and tel_id not in allowed_tels:
+            continue
+        cam, pix = desc["camera_settings"], desc["pixel_settings"]
+        equivalent = float(cam["focal_length"])
+        effective = float(cam.get("effective_focal_length", np.nan))
+        optics_name, camera_name = telescope_names(telescope_meta.get(tel_id, {}),
+                                                   int(cam["n_pixels"]), equivalent,
+                                                   int(cam["n_mirrors"]))
+        index = int(np.nonzero(header["tel_id"] == tel_id)[0][0])
+        tels[int(tel_id)] = {
+            "position": np.asarray(header["tel_pos"][index], dtype=np.float64),
+            "optics": {
+                "name": optics_name,
+                "focal_length": effective if np.isfinite(effective) else equivalent,
+                "equivalent_focal_length": equivalent,
+                "effective_focal_length": effective,
+                "mirror_area": float(cam["mirror_area"]),
+                "n_mirror_tiles": int(cam["n_mirrors"]),
+            },
+            "camera": cached_camera(cameras, desc, camera_name, source),
+            "n_gains": int(desc["camera_organization"]["n_gains"]),
+            "n_samples": int(pix["sum_bins"]),
+            "sampling_rate_ghz": float(1.0 / np.float64(pix["time_slice"])),
+            "reference_pulse_shape": np.asarray(pix["ref_shape"], dtype=np.float64),
+            "reference_pulse_sample_width_ns": float(np.float64(pix["ref_step"])),
+        }
+    meta = f.global_meta or {}
+    name = meta.get(b"ARRAY_CONFIG_NAME", b"MonteCarloArray").decode()
+    lat, lon, height = meta.get(b"*LATITUDE"), meta.get(b"*LONGITUDE"), meta.get(b"ALTITUDE")
+    if lat is None or lon is None or height is None:
+        lat, lon, height = 0.0, 0.0, f.mc_run_headers[-1]["obsheight"]
+    location = {"lon_deg": float(lon), "lat_deg": float(lat), "height_m": float(height)}
+    return {"name": name, "tels": tels, "reference_location": location}
+
+
+class SimtelSource(Producer):
+    """Events of a sim_telarray file, R1-calibrated like ctapipe's SimTelEventSource."""
+
+    path = Param(str, REQUIRED, "sim_telarray file, or dataset:NAME (see stages.datasets)")
+    max_events = Param(int, 0, "stop after this many events (0 = all)")
+    allowed_tels = Param(list, None, "telescope ids to read (default: all)")
+    skip_calibration_events = Param(bool, True, "skip calibration (pedestal, flat-field) events")
+    read_timeout_s = Param(float, 120.0, "end the stream with a warning if one read stalls this long")
+    max_event_mb = Param(float, 4096.0, "end the stream if one event's waveforms exceed this size")
+
+    def _open(self):
+        from eventio import SimTelFile
+
+        path = resolve_path(self.path)
+        if not path.is_file():
+            raise DataError(f"sim_telarray file {path} does not exist")
+        allowed = set(self.allowed_tels) if self.allowed_tels else None
+        try:
+            return path, SimTelFile(str(path), allowed_telescopes=allowed,
+                                    skip_calibration=self.skip_calibration_events)
+        except Exception as exc:  # eventio raises many types on a bad header
+            raise DataError(f"{path}: cannot read the sim_telarray header ({exc})") from exc
+
+    def publish_context(self) -> dict:
+        if not hasattr(self, "_context"):
+            path, f = self._open()
+            with f:
+                self._context = {"subarray": build_subarray(f, self.allowed_tels, str(path))}
+        return self._context
+
+    def total(self) -> int | None:
+        return None
+
+    def process(self) -> Iterator[Keyed]:
+        subarray = self.publish_context()["subarray"]
+        path, f = self._open()
+        self._run = {"obs_id": int(f.header["run"]), "pointing": self._pointing(f.header),
+                     "true_images": self._has_true_image(f),
+                     "n_tels_original": len(f.header["tel_id"]),
+                     "tel_index": {int(t): i for i, t in enumerate(f.header["tel_id"])},
+                     "tel_ids": set(subarray["tels"])}
+        stop = threading.Event()
+        buffer: queue.Queue = queue.Queue(maxsize=4)
+        reader = threading.Thread(target=self._read, args=(f, buffer, stop), daemon=True,
+                                  name=f"simtel-reader-{path.name}")
+        reader.start()
+        last_good, count, pseudo_id = None, 0, 0
+        try:
+            while self.max_events == 0 or count < self.max_events:
+                try:
+                    item = buffer.get(timeout=self.read_timeout_s)
+                except queue.Empty:
+                    self._warn(path, last_good, f"no data for {self.read_timeout_s:.0f} s")
+                    return
+                if item is _END:
+                    return
+                if isinstance(item, BaseException):
+                    self._warn(path, last_good, f"{type(item).__name__}: {item}")
+                    return
+                event_id = int(item.get("event_id", 0))
+                if event_id == 0:
+                    pseudo_id -= 1
+                    event_id = pseudo_id
+                try:
+                    event = self._convert(item, event_id)
+                except Exception as exc:  # a corrupt block that eventio parsed into nonsense
+                    self._warn(path, last_good, f"event {event_id} is malformed ({exc!r})")
+                    return
+                if event is None:
+                    self._warn(path, last_good, f"event {event_id} exceeds {self.max_event_mb} MB")
+                    return
+                yield Keyed(f"{event['obs_id']}:{event_id}", event)
+                last_good, count = event_id, count + 1
+        finally:
+            stop.set()
+            reader.join(timeout=0 if reader.is_alive() and buffer.full() else 5)
+            if not reader.is_alive():
+                f.close()
+
+    @staticmethod
+    def _read(f, buffer: queue.Queue, stop: threading.Event) -> None:
+        """Reader thread: array events, then _END, or the exception that ended reading."""
+        def put(item) -> bool:
+            while not stop.is_set():
+                try:
+                    buffer.put(item, timeout=0.2)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
+        try:
+            for array_event in f:
+                if not put(array_event):
+                    return
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer of the queue
+            put(exc)
+            return
+        put(_END)
+
+    @staticmethod
+    def _warn(path: Path, last_good, why: str) -> None:
+        where = f"after event {last_good}" if last_good is not None else "before the first event"
+        msg = f"{path}: stopped reading {where}; file truncated or corrupt ({why})"
+        log.warning(msg)
+        warnings.warn(msg, SimtelReadWarning, stacklevel=3)
+
+    @staticmethod
+    def _pointing(header) -> dict:
+        if header["tracking_mode"] == 0:
+            az, alt = header["direction"]
+            return {"alt": float(alt), "az": float(az)}
+        return {"alt": float("nan"), "az": float("nan")}
+
+    @staticmethod
+    def _has_true_image(f) -> bool:
+        try:
+            return has_true_image(f.history)
+        except Exception:
+            return True
+
+    def _convert(self, array_event: dict, event_id: int) -> dict | None:
+        run = self._run
+        is_physics = array_event["type"] == "data"
+        event = {"obs_id": run["obs_id"], "event_id": event_id, "pointing": dict(run["pointing"])}
+        if is_physics and array_event.get("mc_shower") is not None:
+            event["simulation"] = self._simulation(array_event)
+        triggered = set(int(t) for t in array_event["trigger_information"]["triggered_telescopes"])
+        sums = (array_event.get("photoelectron_sums") or {}).get(
+            "n_pe", np.full(run["n_tels_original"], np.nan))
+        tels, n_bytes = {}, 0
+        for tel_id, tel_event in array_event["telescope_events"].items():
+            if tel_id not in triggered or tel_id not in run["tel_ids"]:
+                continue
+            r0 = tel_event.get("adc_samples")
+            if r0 is None:
+                r0 = tel_event["adc_sums"][:, :, np.newaxis]
+            cam_mon = array_event["camera_monitorings"][tel_id]
+            pedestal = cam_mon["pedestal"] / cam_mon["n_ped_slices"]
+            factor = array_event["laser_calibrations"][tel_id]["calib"]
+            waveform, selected = r1_waveform(r0, pedestal, factor, gain_selection=is_physics)
+            n_bytes += waveform.nbytes
+            tel = {"waveform": waveform}
+            if selected is not None:
+                tel["selected_gain_channel"] = selected
+            true_image = ((array_event.get("photoelectrons") or {}).get(tel_id - 1) or {}).get(
+                "photoelectrons")
+            if run["true_images"] and true_image is None:
+                if sums[run["tel_index"][tel_id]] > MISSING_IMAGE_BRIGHTNESS_LIMIT:
+                    continue  # ctapipe skips such truncated telescope events
+                true_image = np.full(r0.shape[1], -1, dtype=np.int32)
+            if true_image is not None:
+                tel["true_image"] = np.asarray(true_image, dtype=np.int32)
+            tels[int(tel_id)] = tel
+        if n_bytes > self.max_event_mb * 2**20:
+            return None
+        event["tels"] = tels
+        return event
+
+    @staticmethod
+    def _simulation(array_event: dict) -> dict:
+        shower, mc_event = array_event["mc_shower"], array_event["mc_event"]
+        return {
+            "energy": float(shower["energy"]),
+            "alt": float(clip_altitude(shower["altitude"])),
+            "az": float(shower["azimuth"]),
+            "core_x": float(mc_event["xcore"]),
+            "core_y": float(mc_event["ycore"]),
+            "h_first_int": float(shower["h_first_int"]),
+            "x_max": float(shower["xmax"]),
+            "shower_primary_id": int(shower["primary_id"]),
+        }
