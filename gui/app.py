@@ -98,7 +98,7 @@ class MainWindow(QtWidgets.QMainWindow):
         main.addWidget(right)
         main.setStretchFactor(0, 3)
         main.setStretchFactor(1, 2)
-        main.setSizes([1000, 660])
+        main.setSizes([920, 760])
 
         central = QtWidgets.QWidget()
         lay = QtWidgets.QVBoxLayout(central)
@@ -239,7 +239,8 @@ class MainWindow(QtWidgets.QMainWindow):
 
 
 def grab(window: QtWidgets.QWidget, path: str) -> bool:
-    """Save the window as PNG (works offscreen)."""
+    """Save the window as PNG (works offscreen); pending layout changes are applied first."""
+    QtWidgets.QApplication.processEvents()
     return window.grab().save(path, "PNG")
 
 

@@ -239,5 +239,6 @@ class EventDisplay(QtWidgets.QWidget):
             text += (f"  ·  length {params['hillas_length']:.3f}°  width {params['hillas_width']:.3f}°"
                      f"  psi {params['hillas_psi']:.0f}°")
         self.info.setText(text)
+        self.info.setToolTip(text)
         r = float(np.nanmax(np.hypot(geom.lon, geom.lat))) + geom.size_deg
         self.plot.setRange(xRange=(-r, r), yRange=(-r, r), padding=0.02)

@@ -8,7 +8,6 @@ import time
 from PyQt5 import QtCore, QtGui, QtWidgets
 
 from . import theme
-from .fmt import fmt_rate
 
 ALIGN_RIGHT = QtCore.Qt.AlignRight | QtCore.Qt.AlignVCenter
 
@@ -65,8 +64,12 @@ def _int(n: int | None) -> str:
     return "–" if n is None else f"{int(n):,}"
 
 
+def _rate(r: float | None) -> str:
+    return "–" if r is None else (f"{r:.1f}" if r < 100 else f"{r:,.0f}")
+
+
 class StepTable(_Table):
-    columns = ("step", "in", "out", "rate", "queue", "workers", "busy", "p50/p99 ms",
+    columns = ("step", "in", "out", "ev/s", "queue", "workers", "busy", "p50/p99",
                "errors", "retries", "dead")
     numeric = (False, True, True, True, True, True, True, True, True, True, True)
 
@@ -79,7 +82,7 @@ class StepTable(_Table):
             p50, p99 = s.get("latency_p50_ms"), s.get("latency_p99_ms")
             rows.append([
                 name + (" ⚑" if s.get("bottleneck") else ""), _int(s.get("in")),
-                _int(s.get("out")), fmt_rate(s.get("rate")), _int(s.get("queue")),
+                _int(s.get("out")), _rate(s.get("rate")), _int(s.get("queue")),
                 f"{s.get('workers', 0)} ({s.get('workers_min', '?')}–{s.get('workers_max', '?')})",
                 "–" if s.get("busy") is None else f"{100 * s['busy']:.0f} %",
                 "–" if p50 is None else f"{p50:.1f} / {'–' if p99 is None else f'{p99:.1f}'}",

@@ -62,7 +62,7 @@ def apply(app: QtWidgets.QApplication) -> None:
                         border-bottom: none; }}
         QTabBar::tab:selected {{ background: {PANEL_2}; color: {TEXT}; }}
         QHeaderView::section {{ background: {PANEL_2}; color: {MUTED}; border: none;
-                                border-right: 1px solid {GRID}; padding: 3px 6px; }}
+                                border-right: 1px solid {GRID}; padding: 2px 4px; }}
         QTableView {{ gridline-color: {GRID}; }}
         QProgressBar {{ border: 1px solid {GRID}; border-radius: 3px; background: {PANEL};
                         text-align: center; color: {TEXT}; min-height: 18px; }}
