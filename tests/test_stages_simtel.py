@@ -185,3 +185,15 @@ def test_missing_file_is_a_data_error(tmp_path):
 
     with pytest.raises(DataError, match="does not exist"):
         SimtelSource(path=str(tmp_path / "nope.simtel.gz")).publish_context()
+
+
+def test_calibration_context_matches_ctapipe_monitoring(both):
+    path, _, _, _, reference = both
+    context = SimtelSource(path=str(path)).publish_context()
+    calib = context["calibration"]
+    _, ref = reference[0]
+    for tel_id in ref.r1.tel:
+        coeff = ref.monitoring.tel[tel_id].camera.coefficients
+        np.testing.assert_allclose(calib[tel_id]["time_shift_ns"], coeff.time_shift.to_value("ns")
+                                   if hasattr(coeff.time_shift, "unit") else coeff.time_shift)
+        np.testing.assert_array_equal(calib[tel_id]["outlier_mask"], coeff.outlier_mask)

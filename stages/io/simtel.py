@@ -178,6 +178,36 @@ def build_subarray(f, allowed_tels, source: str) -> dict:
     return {"name": name, "tels": tels, "reference_location": location}
 
 
+def read_calibration(f, subarray: dict) -> dict:
+    """Per-telescope calibration of the file (docs/event-schema.md ``context["calibration"]``).
+
+    sim_telarray writes the monitoring and laser calibration blocks before the first event, so this
+    reads one event. ``time_shift_ns`` (tm_calib) and ``outlier_mask`` (HV-disabled pixels) are what
+    ctapipe's CameraCalibrator applies to R1; pedestal and dc_to_pe are those used for our R1.
+    """
+    try:
+        next(iter(f))
+    except Exception:  # noqa: BLE001 - no event: no calibration, the reader will warn
+        return {}
+    out = {}
+    for tel_id, desc in f.telescope_descriptions.items():
+        lascal = f.laser_calibrations.get(tel_id)
+        cam_mon = f.camera_monitorings.get(tel_id)
+        if tel_id not in subarray["tels"] or lascal is None or cam_mon is None:
+            continue
+        n_gains, n_pix = np.shape(lascal["calib"])
+        outliers = np.zeros((n_gains, n_pix), dtype=bool)
+        outliers[:, desc["disabled_pixels"]["HV_disabled"]] = True
+        out[int(tel_id)] = {
+            "pedestal_per_sample": np.asarray(cam_mon["pedestal"] / cam_mon["n_ped_slices"],
+                                              dtype=np.float64),
+            "dc_to_pe": np.asarray(lascal["calib"], dtype=np.float64),
+            "time_shift_ns": np.asarray(lascal["tm_calib"], dtype=np.float64),
+            "outlier_mask": outliers,
+        }
+    return out
+
+
 class SimtelSource(Producer):
     """Events of a sim_telarray file, R1-calibrated like ctapipe's SimTelEventSource."""
 
@@ -205,7 +235,9 @@ class SimtelSource(Producer):
         if not hasattr(self, "_context"):
             path, f = self._open()
             with f:
-                self._context = {"subarray": build_subarray(f, self.allowed_tels, str(path))}
+                subarray = build_subarray(f, self.allowed_tels, str(path))
+                calibration = read_calibration(f, subarray)
+            self._context = {"subarray": subarray, "calibration": calibration}
         return self._context
 
     def total(self) -> int | None:
