@@ -55,6 +55,7 @@ def make_report(path: str | Path, out_dir: str | Path) -> list[Path]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # noqa: PLC0415
+    from matplotlib.ticker import MaxNLocator  # noqa: PLC0415
 
     records = read_stats(path)
     out = Path(out_dir)
@@ -77,6 +78,8 @@ def make_report(path: str | Path, out_dir: str | Path) -> list[Path]:
         ax.set_xlabel("time since start (s)")
         ax.set_ylabel(ylabel)
         ax.set_ylim(bottom=0)
+        if field == "workers":
+            ax.yaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(f"{ylabel} per step — run {run}")
         ax.grid(alpha=0.3)
         ax.legend(ncol=min(6, max(1, len(values))), fontsize="small", loc="upper left")
