@@ -1,7 +1,8 @@
 """Event display: one telescope's image of a sampled event, drawn in the telescope frame (degrees).
 
 Pixels come from ``context["subarray"]["tels"][tel_id]["camera"]`` (metres, camera frame) and are
-converted with the equivalent focal length ``f`` as in ctapipe (docs/event-schema.md):
+converted with the optics' ``focal_length`` ``f`` (the one the stages use for camera -> FoV; the
+equivalent focal length when it is missing), as in ctapipe (docs/event-schema.md):
 ``fov_lat = deg(atan(x'/f))``, ``fov_lon = deg(atan(y'/f))`` with ``(x', y')`` rotated by
 ``cam_rotation_deg``. Pixel symbols are hexagons or squares of size ``deg(spacing/f)`` (the small-angle
 size at the camera centre; 0.5 % too small at 7° off axis). The Hillas ellipse (``hillas_fov_lon``,
@@ -81,14 +82,16 @@ class CameraGeometry:
     def __init__(self, tel: dict):
         camera = tel["camera"]
         optics = tel.get("optics") or {}
-        self.focal_m = float(optics.get("equivalent_focal_length") or optics.get("focal_length"))
+        # "focal_length" is the one the stages use for camera -> FoV (docs/event-schema.md)
+        self.focal_m = float(optics.get("focal_length") or optics.get("equivalent_focal_length"))
         self.lon, self.lat = camera_to_fov(camera, self.focal_m)
         self.size_deg = math.degrees(pixel_spacing_m(camera) / self.focal_m)
         self.hexagon = str(camera.get("pix_type", "hexagon")).startswith("hex")
         # camera -> telescope frame swaps the axes (a reflection) after the camera rotation
         rotation = -(float(camera.get("pix_rotation_deg") or 0.0)
                      + float(camera.get("cam_rotation_deg") or 0.0))
-        self.symbol = pixel_symbol(self.hexagon, rotation)
+        circle = str(camera.get("pix_type", "")).startswith("circ")
+        self.symbol = "o" if circle else pixel_symbol(self.hexagon, rotation)
         self.name = camera.get("name", "?")
         self.n_pix = len(self.lon)
 
