@@ -237,7 +237,8 @@ class SimtelSource(Producer):
             with f:
                 subarray = build_subarray(f, self.allowed_tels, str(path))
                 calibration = read_calibration(f, subarray)
-            self._context = {"subarray": subarray, "calibration": calibration}
+            self._context = {"subarray": subarray, "calibration": calibration,
+                             "provenance": {"input_files": [str(path)]}}
         return self._context
 
     def total(self) -> int | None:

@@ -146,7 +146,8 @@ class ToyEventSource(Producer):
         self._subarray = toy_subarray(self.n_tels, self.camera, self.n_samples)
 
     def publish_context(self) -> dict:
-        return {"subarray": toy_subarray(self.n_tels, self.camera, self.n_samples)}
+        return {"subarray": toy_subarray(self.n_tels, self.camera, self.n_samples),
+                "provenance": {"input_files": [], "generator": f"ToyEventSource seed={self.seed}"}}
 
     def total(self) -> int | None:
         return self.n_events or None
