@@ -31,11 +31,15 @@ FAILED = b"\x0b"
 STOP = b"\x0c"
 STATS = b"\x0d"
 PAUSE = b"\x0e"
+AGENT = b"\x0f"     # agent -> router: {host, cpus}; also its heartbeats carry this
+SPAWN = b"\x10"     # router -> agent: {worker, step}
+KILL = b"\x11"      # router -> agent: {worker}
 
 NAMES = {
     HELLO: "HELLO", CONFIG: "CONFIG", READY: "READY", DATA: "DATA", ACK: "ACK",
     PRODUCE: "PRODUCE", CREDIT: "CREDIT", HEARTBEAT: "HEARTBEAT", EOS: "EOS", BYE: "BYE",
     FAILED: "FAILED", STOP: "STOP", STATS: "STATS", PAUSE: "PAUSE",
+    AGENT: "AGENT", SPAWN: "SPAWN", KILL: "KILL",
 }
 
 MAX_ENVELOPE = 16 << 20

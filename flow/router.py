@@ -51,6 +51,7 @@ class WorkerState:
     state: str = "starting"          # starting, ready, retiring, eos, done, dead
     leases: dict = field(default_factory=dict)     # lease id -> (list[Item], t0)
     last_seen: float = field(default_factory=time.monotonic)
+    last_sent: float = 0.0           # when the router last sent to it (heartbeats fill gaps)
     credit_out: int = 0              # producers: CREDIT granted and not yet used
     done: int = 0
     errors: int = 0
@@ -129,6 +130,7 @@ class Router:
         self.on_tick = on_tick
         self.use_specs = use_specs or {}
         self.publisher = None
+        self.agents: set[bytes] = set()
         self.extra_sockets: dict = {}
         self.steps: dict[str, StepState] = {}
         for i, spec in enumerate(graph.steps):
@@ -213,7 +215,8 @@ class Router:
         finally:
             self.finished_t = time.monotonic()
             if self.state not in ("aborted", "failed"):
-                self.state = "finished" if self.failure is None else "failed"
+                self.state = "failed" if self.failure is not None else \
+                    "stopped" if self._draining else "finished"
             self.shutdown()
 
     def done(self) -> bool:
@@ -291,6 +294,11 @@ class Router:
 
     def handle(self, ident: bytes, msg: P.Message) -> None:
         w = self.workers.get(ident)
+        if w is None and (msg.command == P.AGENT or ident in self.agents):
+            # a remote host offering CPUs: the launcher decides what runs there
+            self.agents.add(ident)
+            self.launcher.on_agent_message(self, ident, msg)
+            return
         if w is None:
             w = self.on_unknown(ident, msg)
             if w is None:
@@ -526,6 +534,7 @@ class Router:
     # -- workers -----------------------------------------------------------------------------
     def _send(self, w: WorkerState, command: bytes, envelope: dict | None = None,
               frames: list | None = None) -> None:
+        w.last_sent = time.monotonic()
         self._send_ident(w.id, command, envelope, frames)
 
     def _send_ident(self, ident: bytes, command: bytes, envelope=None, frames=None) -> None:
@@ -551,7 +560,7 @@ class Router:
             if gone or silent > limit:
                 why = "process exited" if gone else f"silent for {silent:.1f} s"
                 self.on_worker_lost(w, why)
-            elif silent > hb and w.state in ("ready", "retiring"):
+            elif now - w.last_sent > hb and w.state != "starting":
                 self._send(w, P.HEARTBEAT)
 
     def on_worker_lost(self, w: WorkerState, why: str) -> None:

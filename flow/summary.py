@@ -10,7 +10,8 @@ EXIT_OK = 0            # every event reached its consumers
 EXIT_PARTIAL = 1       # the run finished, but some events went to the dead-letter file
 EXIT_CONFIG = 2        # the pipeline description is wrong (nothing was started)
 EXIT_FAILED = 3        # a step failed in setup/teardown, a producer or the router failed
-EXIT_ABORTED = 130     # interrupted (SIGINT/SIGTERM); outputs hold what was acknowledged
+EXIT_ABORTED = 130     # interrupted (SIGINT/SIGTERM: drained, or aborted by a second signal);
+                       # outputs are valid and hold what was acknowledged; `--resume` completes
 
 EXIT_CODES = {
     EXIT_OK: "success", EXIT_PARTIAL: "partial success (dead letters)",
@@ -47,7 +48,7 @@ class RunSummary:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
 
     def decide_exit_code(self) -> int:
-        if self.state == "aborted":
+        if self.state in ("aborted", "stopped"):
             code = EXIT_ABORTED
         elif self.failures:
             code = EXIT_FAILED

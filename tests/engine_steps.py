@@ -28,11 +28,11 @@ class FailSetup(Stager):
 class CrashOnce(Stager):
     """The first worker to see i == `on` dies with os._exit (like a segfault)."""
 
-    on = Param(int, 3, "i that kills the worker once")
+    at = Param(int, 3, "i that kills the worker once")
     marker = Param(str, REQUIRED, "file created when the crash has happened")
 
     def process(self, event):
-        if event["i"] == self.on and not os.path.exists(self.marker):
+        if event["i"] == self.at and not os.path.exists(self.marker):
             open(self.marker, "w").close()
             os._exit(11)
         return event
@@ -41,11 +41,11 @@ class CrashOnce(Stager):
 class HangOnce(Stager):
     """The first worker to see i == `on` hangs forever inside process."""
 
-    on = Param(int, 3, "i that hangs the worker once")
+    at = Param(int, 3, "i that hangs the worker once")
     marker = Param(str, REQUIRED, "file created when the hang has started")
 
     def process(self, event):
-        if event["i"] == self.on and not os.path.exists(self.marker):
+        if event["i"] == self.at and not os.path.exists(self.marker):
             open(self.marker, "w").close()
             time.sleep(3600)
         return event
@@ -54,10 +54,10 @@ class HangOnce(Stager):
 class CrashAlways(Stager):
     """Every worker dies on i == `on` (a poison event)."""
 
-    on = Param(int, 3, "i that kills every worker")
+    at = Param(int, 3, "i that kills every worker")
 
     def process(self, event):
-        if event["i"] == self.on:
+        if event["i"] == self.at:
             os._exit(11)
         return event
 
@@ -107,12 +107,15 @@ class SlowCount(Consumer):
 
 
 class Busy(Stager):
-    """Burns CPU for `ms` per event (`ms_after` once `switch_at` events of this worker passed)."""
+    """Burns CPU for `ms` per event, or `ms_after` for events with i >= `switch_at`."""
 
     ms = Param(float, 1.0, "CPU milliseconds per event")
+    ms_after = Param(float, 0.0, "CPU milliseconds per event from i >= switch_at (0: same)")
+    switch_at = Param(int, 0, "i from which ms_after applies (0: never)")
 
     def process(self, event):
-        end = time.perf_counter() + self.ms / 1000
+        ms = self.ms_after if self.switch_at and event["i"] >= self.switch_at else self.ms
+        end = time.perf_counter() + ms / 1000
         while time.perf_counter() < end:
             pass
         return event
