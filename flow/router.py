@@ -468,9 +468,11 @@ class Router:
 
     def requeue(self, w: WorkerState, count_attempt: bool, reason: str = "") -> None:
         st = self.steps[w.step]
-        for items, _ in w.leases.values():
+        # a worker handles its leases in order: only the oldest can have killed it
+        for i, (items, _) in enumerate(reversed(list(w.leases.values()))):
+            oldest = i == len(w.leases) - 1
             for it in reversed(items):
-                if count_attempt:
+                if count_attempt and oldest:
                     self.retry_or_dead_letter(st, it, reason, "")
                 else:
                     st.queue.appendleft(it)
@@ -519,8 +521,10 @@ class Router:
     def lease(self, st: StepState, w: WorkerState, n_free: int) -> None:
         q = st.queue
         n = max(1, min(self.opts.batch_max, math.ceil(len(q) / max(1, n_free * 2))))
+        if q[0].attempts:
+            n = 1  # a retried event travels alone, so a poison event cannot take its batch down
         items, frames, env_items, nbytes = [], [], [], 0
-        while q and len(items) < n and nbytes < (8 << 20):
+        while q and len(items) < n and nbytes < (8 << 20) and not (items and q[0].attempts):
             it = q.popleft()
             st.queue_bytes -= it.nbytes
             nbytes += it.nbytes

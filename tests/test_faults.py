@@ -62,7 +62,6 @@ def test_kill_9_random_workers_every_200ms_loses_nothing(tmp_path):
     finally:
         stop.set()
     assert len(killed) >= 3, "the test must actually kill workers"
-    print("SUMMARY", summary.to_dict())
     c = counts(tmp_path / "out.jsonl")
     assert set(c) == {str(i) for i in range(5000)}
     assert max(c.values()) == 1, "exactly once at the consumer"
@@ -85,7 +84,6 @@ def test_stuck_worker_is_killed_replaced_and_its_events_delivered(tmp_path):
     t0 = time.monotonic()
     summary = run(graph, RunOptions(quiet=True, run_dir=str(tmp_path / "run")))
     assert os.path.exists(tmp_path / "hung")
-    print("SUMMARY", summary.to_dict())
     assert time.monotonic() - t0 < 30
     c = counts(tmp_path / "out.jsonl")
     assert set(c) == {str(i) for i in range(40)} and max(c.values()) == 1
@@ -158,10 +156,10 @@ def test_sigint_drains_then_resume_completes_without_duplicates(tmp_path):
     text = textwrap.dedent("""
         name: resume
         steps:
-          - {name: read, use: "tests.steps:Counter", with: {n: 400}, to: [slow]}
-          - {name: slow, use: "tests.steps:Sleep", with: {ms: 10}, workers: 1, to: [write]}
+          - {name: read, use: "tests.steps:Counter", with: {n: 2000}, to: [slow]}
+          - {name: slow, use: "tests.steps:Sleep", with: {ms: 2}, workers: 1, to: [write]}
           - {name: write, use: "tests.steps:ListConsumer", with: {path: OUT/out.jsonl}}
-        router: {dead_letter: OUT/dl.jsonl}
+        router: {dead_letter: OUT/dl.jsonl, queue_limit: 50, batch_max: 8}
         """).replace("OUT", str(tmp_path))
     cfg = tmp_path / "p.yaml"
     cfg.write_text(text)
@@ -176,7 +174,7 @@ def test_sigint_drains_then_resume_completes_without_duplicates(tmp_path):
     rc = proc.wait(60)
     first = counts(out)
     assert rc == EXIT_ABORTED, proc.stderr.read().decode()[-2000:]
-    assert 50 <= len(first) < 400 and max(first.values()) == 1
+    assert 50 <= len(first) < 2000 and max(first.values()) == 1
     s1 = json.loads((tmp_path / "s1.json").read_text())
     assert s1["state"] == "stopped"
     # every acknowledged event is in the file (valid JSON lines: read_jsonl parsed them all)
@@ -184,7 +182,7 @@ def test_sigint_drains_then_resume_completes_without_duplicates(tmp_path):
     rc2 = subprocess.run(cmd[:-2] + ["--resume"], cwd=ROOT, capture_output=True, timeout=120)
     assert rc2.returncode == EXIT_OK, rc2.stderr.decode()[-2000:]
     final = counts(out)
-    assert set(final) == {str(i) for i in range(400)}
+    assert set(final) == {str(i) for i in range(2000)}
     assert max(final.values()) == 1, "resume must not duplicate"
 
 
