@@ -132,11 +132,39 @@ def morphology_kernel(mask, indptr, indices):
 
 
 @njit(cache=True)
+def _fit_line_fast(x, y, idx):
+    """Closed-form least squares (slope, intercept, rss) on points ``idx``; NaN if degenerate."""
+    sx, sy, sxx, sxy, n = 0.0, 0.0, 0.0, 0.0, len(idx)
+    for i in idx:
+        sx += x[i]
+        sy += y[i]
+        sxx += x[i] * x[i]
+        sxy += x[i] * y[i]
+    det = sxx * n - sx * sx
+    if det < 2 * np.finfo(np.float64).eps:
+        return np.nan, np.nan, np.nan
+    slope, intercept = (n * sxy - sx * sy) / det, (sxx * sy - sx * sxy) / det
+    rss = 0.0
+    for i in idx:
+        rss += (y[i] - (x[i] * slope + intercept)) ** 2
+    return slope, intercept, rss
+
+
+@njit(cache=True)
+def _fit(exact, design, x, y, idx):
+    if exact:
+        return _fit_line(design, y, idx)
+    return _fit_line_fast(x, y, idx)
+
+
+@njit(cache=True)
 def _fit_line(design, y, idx):
     """Least squares (slope, intercept, rss) on rows ``idx``; NaN if det(XᵀX) < 2 eps.
 
     Written with the same matrix operations as ctapipe.fitting.linear_regression on purpose: with
-    two points the residual sums are pure rounding noise, and the LTS picks its best start by them.
+    3 points the LTS refits pairs, the residual sums are pure rounding noise, and the LTS picks
+    its best start by them; only bit-identical arithmetic reproduces ctapipe's choice. With more
+    points `_fit_line_fast` (closed form, ~10x faster) agrees to rounding.
     """
     X, yy = design[idx], y[idx]
     mat = X.T @ X
@@ -156,6 +184,7 @@ def lts_timing(longi, peak_time, rng, samples=5, fraction=0.85, max_iterations=2
     if n < 2:
         return np.array([np.nan, np.nan, np.nan])
     size = np.int64(fraction * n)
+    exact = n <= 3
     design = np.empty((n, 2), dtype=np.float64)
     design[:, 0] = x
     design[:, 1] = 1.0
@@ -166,12 +195,12 @@ def lts_timing(longi, peak_time, rng, samples=5, fraction=0.85, max_iterations=2
         pair[1] = rng.integers(0, n - 1)
         if pair[1] >= pair[0]:
             pair[1] += 1
-        slope, intercept, error = _fit_line(design, y, pair)
+        slope, intercept, error = _fit(exact, design, x, y, pair)
         if np.isnan(slope):
             continue
         for _ in range(max_iterations):
             subset = np.argsort((y - (x * slope + intercept)) ** 2)[:size]
-            slope, intercept, new_error = _fit_line(design, y, subset)
+            slope, intercept, new_error = _fit(exact, design, x, y, subset)
             converged = abs(error - new_error) < eps
             error = new_error
             if converged or np.isnan(slope):
