@@ -124,7 +124,7 @@ def main() -> None:
     rng = np.random.default_rng(LTS_SEED)
     state = rng.bit_generator.state
     masks = [ct_clean(g, img, 10.0, 5.0, False, 2) for g, _, _, img, _ in images]
-    good = [(gt, ours, img[m], m, img, pt) for (g, gt, ours, img, pt), m in zip(images, masks)
+    good = [(gt, ours, img[m], m, img, pt) for (g, gt, ours, img, pt), m in zip(images, masks, strict=True)
             if img[m].sum() > 0 and m.sum() > 1]
 
     def ours_clean(g, gt, ours, img, pt):
