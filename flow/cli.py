@@ -171,7 +171,8 @@ COMMANDS: list[Command] = [
 
 #: Modules adding subcommands, as (module, list attribute); imported when the parser is built, so
 #: they may import this module for `Command`, `add_config_arguments` and `load_from_args`.
-EXTENSIONS: list[tuple[str, str]] = [("flow.cli_run", "RUN_COMMANDS")]
+EXTENSIONS: list[tuple[str, str]] = [("flow.cli_run", "RUN_COMMANDS"),
+                                     ("flow.cli_agent", "AGENT_COMMANDS")]
 
 
 def all_commands() -> list[Command]:
