@@ -105,6 +105,8 @@ def array_event(event: dict, calibration: dict | None = None):
             if "outlier_mask" in cal:
                 status[np.asarray(cal["outlier_mask"]).all(axis=0)] &= ~np.uint8(
                     PixelStatus.HIGH_GAIN_STORED | PixelStatus.LOW_GAIN_STORED)
+            if coeff.outlier_mask is None:  # extractors index it by the selected gain
+                coeff.outlier_mask = np.zeros((max(2, waveform.shape[0]), waveform.shape[1]), bool)
             ev.r1.tel[tel_id] = R1CameraContainer(
                 event_type=EventType.SUBARRAY, waveform=waveform, selected_gain_channel=selected,
                 pixel_status=status)
