@@ -141,7 +141,7 @@ class Publisher:
     def apply(self, req: dict) -> dict:
         if not secrets.compare_digest(str(req.get("token", "")), self.token):
             log.warning("control command refused: bad token")
-            return {"ok": False, "error": "refused: bad token"}
+            return {"ok": False, "error": "bad token"}
         r = self.router
         cmd = req.get("cmd")
         if cmd == "pause" or cmd == "resume":
@@ -164,7 +164,7 @@ class Publisher:
             src, _, dst = edge.partition("->")
             if src not in r.steps or dst not in r.steps[src].targets:
                 return {"ok": False, "error": f"no edge {edge!r}"}
-            if req.get("off"):
+            if req.get("on") is False or req.get("off"):
                 self.taps.pop((src, dst), None)
             else:
                 self.taps[(src, dst)] = 0.0
