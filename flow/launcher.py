@@ -178,13 +178,16 @@ class LocalLauncher:
 
     def start(self, step: str) -> Handle:
         wid = f"{step}.{self.run_tag}.{next(self._ids)}"
-        if not self.agents and not self._waiting():
-            return self._start_process(wid, step)
-        h = PlacedHandle(wid, step, launcher=self)
-        self._place(h)
-        if h.state == "pending":
-            self._pending.append(h)
-        return h
+        ok = self.remote_ok(step)
+        if ok is not False:
+            agent = self._free_agent() if ok else None
+            if agent is not None or self._waiting():
+                h = PlacedHandle(wid, step, launcher=self)
+                self._place(h)
+                if h.state == "pending":
+                    self._pending.append(h)
+                return h
+        return self._start_process(wid, step)       # here, as a purely local launcher would
 
     def _start_process(self, wid: str, step: str) -> Handle:
         proc = subprocess.Popen(worker_command(self.endpoint, wid, step, self.keys_dir),
