@@ -9,7 +9,7 @@ Layout (where it overlaps ctapipe 0.28's ``DataWriter``, same paths and column n
     /dl2/event/subarray/geometry/<algo>       obs_id, event_id, <algo>_alt, <algo>_az, ... (deg, m)
     /dl2/event/subarray/energy/<algo>         obs_id, event_id, <algo>_energy, <algo>_is_valid
     /dl2/event/subarray/classification/<algo> obs_id, event_id, <algo>_prediction, <algo>_is_valid
-    /configuration/flow/context               the producers' context (subarray...), see below
+    /configuration/flow/context               the producers' context["subarray"], see below
     /configuration/provenance/runs            one row per run: start/stop, versions, input files
     /flow/keys                                flow key of every event held (for resume)
 
@@ -27,6 +27,7 @@ returns the keys it already holds.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import platform
 import re
@@ -131,15 +132,32 @@ class TableBuffer:
         return table
 
 
+def fingerprint(value, digest=None) -> str:
+    """Content hash of a context value (equal cameras share one stored copy, even after a copy)."""
+    top = digest is None
+    digest = digest or hashlib.blake2b(digest_size=16)
+    if isinstance(value, dict):
+        for key in sorted(value, key=str):
+            digest.update(repr(key).encode())
+            fingerprint(value[key], digest)
+    elif isinstance(value, np.ndarray):
+        digest.update(f"{value.dtype}{value.shape}".encode())
+        digest.update(np.ascontiguousarray(value).tobytes())
+    else:
+        digest.update(repr(value).encode())
+    return digest.hexdigest() if top else ""
+
+
 def write_context(h5: tables.File, path: str, value: dict, _written: dict | None = None) -> None:
-    """Store a context mapping as groups/arrays/attributes (hard links for shared sub-dicts)."""
+    """Store a context mapping as groups/arrays/attributes (hard links for equal sub-dicts)."""
     written = {} if _written is None else _written
     where, _, name = path.rpartition("/")
-    if id(value) in written:
-        h5.create_hard_link(where, name, written[id(value)], createparents=True)
+    key = fingerprint(value)
+    if key in written:
+        h5.create_hard_link(where, name, written[key], createparents=True)
         return
     group = h5.create_group(where, name, createparents=True)
-    written[id(value)] = path
+    written[key] = path
     if any(isinstance(k, int | np.integer) for k in value):
         group._v_attrs["flow_int_keys"] = True
     for key, item in value.items():
@@ -214,7 +232,8 @@ class HDF5Writer(Consumer):
         self._n_rows = 0
         self._start = datetime.now(UTC).isoformat()
         if CONTEXT_PATH not in self._h5 and self.context:
-            storable = {k: v for k, v in self.context.items() if isinstance(v, dict)}
+            # the subarray only: per-pixel calibration is spent once images exist (and is large)
+            storable = {k: v for k, v in self.context.items() if k == "subarray"}
             write_context(self._h5, CONTEXT_PATH, storable)
         self._tel_ids = sorted((self.context.get("subarray") or {}).get("tels", {}))
 
