@@ -299,7 +299,7 @@ def test_agent_spawns_kills_reconnects_and_leaves_no_orphans(tmp_path):
             if not idents or i != idents[-1]:
                 idents.append(i)
                 times.append(time.monotonic())
-        gaps = [b - a for a, b in zip(times, times[1:])]
+        gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
         assert gaps and gaps[-1] >= 1.5, gaps
         # the router answers again: the agent works as before; kill -9 of the agent kills workers
         ident, _ = fake.wait(lambda i, e: True)
@@ -377,6 +377,7 @@ def test_launcher_places_unpinned_stagers_on_agents(launcher):
         assert type(launcher.start(step)) is Handle, step       # pinned by nature or by choice
     h1, h2, h3 = (launcher.start("work") for _ in range(3))
     assert (h1.state, h2.state, type(h3)) == ("remote", "remote", Handle)   # 2 cpus
+    assert isinstance(h1, PlacedHandle) and h1.process is None and h1.agent == b"a1"
     spawns = [(i, e) for i, c, e in r.sent if c == P.SPAWN]
     assert spawns == [(b"a1", {"worker": h1.worker_id, "step": "work"}),
                       (b"a1", {"worker": h2.worker_id, "step": "work"})]
