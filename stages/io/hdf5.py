@@ -165,7 +165,10 @@ def write_context(h5: tables.File, path: str, value: dict, _written: dict | None
         if isinstance(item, dict):
             write_context(h5, f"{path}/{child}", item, written)
         elif isinstance(item, np.ndarray):
-            h5.create_carray(group, child, obj=item, filters=FILTERS if item.size > 64 else None)
+            if item.size > 1024:
+                h5.create_carray(group, child, obj=item, filters=FILTERS)
+            else:  # contiguous: a chunked array costs a whole chunk on disk
+                h5.create_array(group, child, obj=item)
         elif isinstance(item, list | tuple):
             group._v_attrs[child] = json.dumps(list(item))
             group._v_attrs[f"{child}__json"] = True
@@ -313,7 +316,7 @@ class HDF5Writer(Consumer):
                                  ("input_files", "S4096"), ("n_events", "i8"), ("writer", "S32")])
         if PROVENANCE_PATH not in self._h5:
             self._h5.create_table("/configuration/provenance", "runs", record.dtype,
-                                  createparents=True)
+                                  createparents=True, chunkshape=(4,))
         self._h5.get_node(PROVENANCE_PATH).append(record)
 
 
