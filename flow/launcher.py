@@ -302,9 +302,10 @@ class LocalLauncher:
         listed = set(workers)
         for wid in listed:
             h = agent.workers.get(wid)
-            if h is None:            # not ours (a worker declared dead, an earlier run): stop it
+            if h is None or h.state == "killed":
+                # not ours (declared dead, an earlier run), or a KILL that got lost: stop it
                 self._send(ident, P.KILL, {"worker": wid})
-            else:
+            if h is not None:
                 h.confirmed = True
         spawn_timeout = max(5.0, 2 * self.liveness * self.heartbeat_s)
         for wid, h in list(agent.workers.items()):
