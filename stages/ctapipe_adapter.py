@@ -31,9 +31,16 @@ def ctapipe_subarray(context_subarray: dict):
     import astropy.units as u
     from astropy.coordinates import EarthLocation
     from ctapipe.coordinates import CameraFrame
-    from ctapipe.instrument import (CameraDescription, CameraGeometry, CameraReadout,
-                                    OpticsDescription, ReflectorShape, SizeType,
-                                    SubarrayDescription, TelescopeDescription)
+    from ctapipe.instrument import (
+        CameraDescription,
+        CameraGeometry,
+        CameraReadout,
+        OpticsDescription,
+        ReflectorShape,
+        SizeType,
+        SubarrayDescription,
+        TelescopeDescription,
+    )
     from scipy.sparse import csr_array
 
     descriptions, positions, cameras = {}, {}, {}
@@ -76,8 +83,14 @@ def ctapipe_subarray(context_subarray: dict):
 def array_event(event: dict, calibration: dict | None = None):
     """A minimal ArrayEventContainer holding the event's ids, pointing, R1 and DL1 arrays."""
     import astropy.units as u
-    from ctapipe.containers import (ArrayEventContainer, DL1CameraContainer, EventType,
-                                    PixelStatus, R1CameraContainer, TelescopePointingContainer)
+    from ctapipe.containers import (
+        ArrayEventContainer,
+        DL1CameraContainer,
+        EventType,
+        PixelStatus,
+        R1CameraContainer,
+        TelescopePointingContainer,
+    )
 
     ev = ArrayEventContainer()
     ev.index.obs_id, ev.index.event_id = event["obs_id"], event["event_id"]

@@ -7,8 +7,13 @@ import numpy as np
 import pytest
 from astropy.utils import iers
 
-from stages.ctapipe_adapter import (CallableStager, CtapipeCalibrator, CtapipeImageProcessor,
-                                    CtapipeShowerProcessor, ctapipe_subarray)
+from stages.ctapipe_adapter import (
+    CallableStager,
+    CtapipeCalibrator,
+    CtapipeImageProcessor,
+    CtapipeShowerProcessor,
+    ctapipe_subarray,
+)
 from stages.io.simtel import SimtelSource
 from stages.io.toy import ToyEventSource
 

@@ -2,11 +2,10 @@
 
 import numpy as np
 import pytest
+from test_stages_hdf5 import run_writer, toy_events
 
 from stages.io.dl1 import DL1Source
 from stages.io.hdf5 import DL1Writer
-
-from test_stages_hdf5 import run_writer, toy_events
 
 
 @pytest.mark.parametrize("images", [True, False])

@@ -19,8 +19,15 @@ from flow.params import REQUIRED, Param
 from flow.step import Keyed, Producer
 
 from ..datasets import resolve_path
-from .hdf5 import (CONTEXT_PATH, IMAGES_PATH, PARAMS_PATH, SHOWER_PATH, TRUE_IMAGES_PATH,
-                   _SIM_FIELDS, read_context)
+from .hdf5 import (
+    _SIM_FIELDS,
+    CONTEXT_PATH,
+    IMAGES_PATH,
+    PARAMS_PATH,
+    SHOWER_PATH,
+    TRUE_IMAGES_PATH,
+    read_context,
+)
 
 _IDS = ("obs_id", "event_id", "tel_id")
 
@@ -64,10 +71,10 @@ class DL1Source(Producer):
         seen: dict[tuple[int, int], None] = {}
         if SHOWER_PATH in h5:
             t = h5.get_node(SHOWER_PATH)
-            seen.update(dict.fromkeys(zip(t.col("obs_id").tolist(), t.col("event_id").tolist())))
+            seen.update(dict.fromkeys(zip(t.col("obs_id").tolist(), t.col("event_id").tolist(), strict=True)))
         for where in (PARAMS_PATH, IMAGES_PATH):
             for t in self._tel_tables(h5, where).values():
-                seen.update(dict.fromkeys(zip(t.col("obs_id").tolist(), t.col("event_id").tolist())))
+                seen.update(dict.fromkeys(zip(t.col("obs_id").tolist(), t.col("event_id").tolist(), strict=True)))
         return sorted(seen)
 
     def process(self) -> Iterator[Keyed]:

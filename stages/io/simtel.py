@@ -20,7 +20,6 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
