@@ -21,6 +21,7 @@ class AutoScaler:
 
     def __init__(self, graph, router, config: ScalerConfig | None = None, clock=time.monotonic):
         budget = graph.router.cpu_budget or os.cpu_count() or 1
+        budget += getattr(router.launcher, "remote_cpus", lambda: 0)()  # agents present now
         self.config = config or ScalerConfig(cpu_budget=budget)
         self.state = ScalerState()
         self.clock = clock

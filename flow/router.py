@@ -125,7 +125,7 @@ class Router:
             self.sock.bind(endpoint)
         self.endpoint = endpoint
         self.context_frames = context_frames or []
-        self.launcher = launcher or LocalLauncher(endpoint, keys_dir=keys_dir)
+        self.launcher = launcher or LocalLauncher(endpoint, keys_dir=keys_dir, graph=graph)
         self.dead_letter = dead_letter or DeadLetterFile(self.opts.dead_letter)
         self.on_tick = on_tick
         self.use_specs = use_specs or {}

@@ -58,7 +58,9 @@ def test_drops_old_records_when_behind(fake):
     assert snap.stats["produced"] == 300 * 100
     assert snap.sample[1]["event_id"] == 300 and snap.sample[0]["edge"] == "clean->hillas"
     assert snap.dropped == 19
-    assert len(snap.history) == 300
+    # the 300 published records, plus the latest-stats replay of the subscription when the fake
+    # had already published one before the client subscribed (a race the test does not control)
+    assert len(snap.history) in (300, 301)
 
 
 def test_reconnects_to_a_new_run_on_the_same_address():
