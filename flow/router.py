@@ -85,6 +85,7 @@ class StepState:
     busy_s: float = 0.0
     latencies: collections.deque = field(default_factory=lambda: collections.deque(maxlen=2000))
     start_failures: int = 0
+    spawned: int = 0                 # workers started so far (a consumer after the first replaces one)
 
     @property
     def kind(self) -> str:
@@ -174,6 +175,7 @@ class Router:
     def spawn(self, st: StepState) -> WorkerState:
         handle = self.launcher.start(st.spec.name)
         w = WorkerState(id=handle.worker_id.encode(), step=st.spec.name, handle=handle)
+        st.spawned += 1
         self.workers[w.id] = w
         st.workers[w.id] = w
         self.workers_started += 1
@@ -356,7 +358,7 @@ class Router:
                "use": self.use_specs.get(spec.name, spec.use if isinstance(spec.use, str) else ""),
                "params": dict(spec.params), "targets": list(st.targets),
                "heartbeat_s": self.opts.heartbeat_s, "liveness": self.opts.liveness,
-               "batch_max": self.opts.batch_max}
+               "batch_max": self.opts.batch_max, "replacement": st.spawned > 1}
         self._send(w, P.CONFIG, env, self.context_frames)
 
     def on_produce(self, w: WorkerState, msg: P.Message) -> None:

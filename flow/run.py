@@ -39,6 +39,7 @@ class RunOptions:
     metrics_port: int | None = None
     run_dir: str | None = None
     scale: bool = True
+    print_summary: bool = True              # the end-of-run table (also with quiet)
     on_start: object = None                 # callback(router, publisher) once sockets are bound
 
 
@@ -183,8 +184,8 @@ def _run_router(graph: Graph, context: dict, total: int | None, options: RunOpti
         dead_letter_file=str(router.dead_letter.path) if router.dead_letter.count else None,
     )
     summary.decide_exit_code()
-    if not options.quiet or True:
-        view.print_summary(summary)
+    if options.print_summary:
+        view.print_summary(summary)  # `--quiet` prints only this summary
     return summary
 
 

@@ -8,6 +8,7 @@ carrying the outputs. Heartbeats flow both ways; a worker whose router has gone 
 
 from __future__ import annotations
 
+import collections
 import os
 import signal
 import socket as _socket
@@ -24,6 +25,35 @@ from .routing import ALL, path_after, producer_outputs, stager_outputs
 from .step import import_object, instantiate
 
 CONFIG_TIMEOUT_S = 60.0
+SEEN_MAX = 100_000         # (key, path) pairs a consumer remembers to drop redeliveries
+BATCH_FLUSH_S = 0.005      # a producer sends a partial batch once its first event is this old
+
+
+class RecentSet:
+    """A set that forgets its oldest members beyond ``maxlen`` (bounded memory on long runs).
+
+    Redeliveries to the same consumer process come from recent leases; a consumer that replaces a
+    dead one reads what its output already holds (``done_keys``) instead.
+    """
+
+    def __init__(self, maxlen: int):
+        self.maxlen = maxlen
+        self._set: set = set()
+        self._order: collections.deque = collections.deque()
+
+    def __contains__(self, item) -> bool:
+        return item in self._set
+
+    def __len__(self) -> int:
+        return len(self._set)
+
+    def add(self, item) -> None:
+        if item in self._set:
+            return
+        self._set.add(item)
+        self._order.append(item)
+        if len(self._order) > self.maxlen:
+            self._set.discard(self._order.popleft())
 
 
 class Worker:
@@ -51,7 +81,7 @@ class Worker:
         self.last_heard = time.monotonic()
         self.done = 0
         self.errors = 0
-        self.seen: set[tuple[str, str]] = set()
+        self.seen = RecentSet(SEEN_MAX)
         self.done_keys: set[str] = set()
         self._proc = None
         self._last_stats = 0.0
@@ -122,7 +152,8 @@ class Worker:
             obj = import_object(env["use"])
             self.step = instantiate(obj, self.kind, self.step_name, env.get("params", {}), context)
             self.step.setup()
-            if self.kind == "consumer" and context.get("flow.resume"):
+            # a resumed run, or a consumer replacing one that died: skip what the output holds
+            if self.kind == "consumer" and (context.get("flow.resume") or env.get("replacement")):
                 self.done_keys = {str(k) for k in self.step.done_keys()}
         except Exception as exc:
             self.send(P.FAILED, {"phase": "setup", "error": f"{type(exc).__name__}: {exc}",
@@ -163,6 +194,7 @@ class Worker:
                 continue
             out, frames, nbytes = [], [], 0
             finished = False
+            t_first = 0.0
             try:
                 for key, target, event in outputs:
                     f = codec.encode(event)
@@ -170,7 +202,10 @@ class Worker:
                     frames.extend(f)
                     nbytes += codec.encoded_size(f)
                     self.done += 1
-                    if len(out) >= self.batch_max or nbytes >= (4 << 20):
+                    now = time.perf_counter()
+                    t_first = t_first or now
+                    if len(out) >= self.batch_max or nbytes >= (4 << 20) \
+                            or now - t_first >= BATCH_FLUSH_S:
                         break
                 else:
                     finished = True
