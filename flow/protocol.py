@@ -113,19 +113,81 @@ class Message:
         return cls.from_frames(frames)
 
 
-def check_items(items: Any, n_frames: int, width: int) -> list:
-    """Validate an envelope's item list: each item a list of ``width`` fields, the last the number of
-    payload frames it owns; the counts must add up to ``n_frames``."""
+SMALL_MAX = 64 << 10  # payload frames up to this size travel packed into one blob frame
+
+
+def _buffer(frame):
+    return frame.buffer if isinstance(frame, zmq.Frame) else frame
+
+
+def check_items(items: Any, width: int) -> list:
+    """Validate an envelope's item list: each item a list of ``width`` fields, the first the key
+    (str), the last the event's frame sizes (see `pack_payloads`)."""
     if not isinstance(items, list):
         raise ProtocolError("items is not a list")
-    total = 0
     for item in items:
-        if not isinstance(item, list) or len(item) != width:
+        if not isinstance(item, list) or len(item) != width or not isinstance(item[0], str):
             raise ProtocolError(f"malformed item {item!r:.80}")
-        n = item[-1]
-        if not isinstance(n, int) or n < 1 or not isinstance(item[0], str):
-            raise ProtocolError(f"malformed item {item!r:.80}")
-        total += n
-    if total != n_frames:
-        raise ProtocolError(f"items claim {total} frames, message has {n_frames}")
+        sizes = item[-1]
+        if not isinstance(sizes, list) or not sizes or \
+                not all(type(n) is int and n >= -1 for n in sizes):
+            raise ProtocolError(f"malformed frame sizes in item {item!r:.80}")
     return items
+
+
+def pack_payloads(payloads) -> tuple[list, list]:
+    """Events' frame lists -> (sizes per event, message frames ``[blob, big1, big2, ...]``).
+
+    Frames up to `SMALL_MAX` bytes are concatenated into one blob (one ZeroMQ frame for a whole
+    batch of small events: pyzmq's per-frame cost dominated small events); larger frames travel as
+    their own frames without a copy. A size ``n >= 0`` is the next ``n`` bytes of the blob, ``-1``
+    the next big frame.
+    """
+    small, big, specs = [], [], []
+    for frames in payloads:
+        spec = []
+        for f in frames:
+            n = len(f)
+            if n <= SMALL_MAX:
+                small.append(f)
+                spec.append(n)
+            else:
+                big.append(f)
+                spec.append(-1)
+        specs.append(spec)
+    return specs, [b"".join(small), *big]
+
+
+def repack(items) -> tuple[list, list]:
+    """Like `pack_payloads` for ``(parts, sizes)`` pairs already split (the router's queued items)."""
+    small, big = [], []
+    for parts, sizes in items:
+        for p, n in zip(parts, sizes):
+            (small if n >= 0 else big).append(p)
+    return [b"".join(small), *big]
+
+
+def unpack_payloads(sizes_per_event, frames: list) -> list[list]:
+    """Inverse of `pack_payloads`: each event's frames, as zero-copy views of the blob and the big
+    frames. Raises ProtocolError when the sizes do not match the frames."""
+    if not frames:
+        raise ProtocolError("payload blob frame missing")
+    blob = memoryview(_buffer(frames[0])).cast("B")
+    pos, big = 0, 1
+    out = []
+    for sizes in sizes_per_event:
+        parts = []
+        for n in sizes:
+            if n >= 0:
+                parts.append(blob[pos:pos + n])
+                pos += n
+            else:
+                if big >= len(frames):
+                    raise ProtocolError("items claim more big frames than the message has")
+                parts.append(frames[big])
+                big += 1
+        out.append(parts)
+    if pos != len(blob) or big != len(frames):
+        raise ProtocolError(f"items claim {pos} blob bytes and {big - 1} big frames, message has "
+                            f"{len(blob)} and {len(frames) - 1}")
+    return out

@@ -32,7 +32,8 @@ class Item:
 
     key: str
     path: str
-    frames: list
+    frames: list                     # the event's frames: views of a received blob, big frames
+    sizes: list                      # their sizes as in the envelope (-1: a big frame)
     nbytes: int
     attempts: int = 0
     error: str = ""
@@ -363,7 +364,7 @@ class Router:
 
     def on_produce(self, w: WorkerState, msg: P.Message) -> None:
         st = self.steps[w.step]
-        items = P.check_items(msg.envelope.get("out"), len(msg.frames), 4)
+        items = P.check_items(msg.envelope.get("out"), 4)
         w.credit_out = max(0, w.credit_out - 1)
         n = self.enqueue_outputs(st, items, msg.frames)
         w.done += n
@@ -378,7 +379,7 @@ class Router:
             return
         items, t0 = lease
         st = self.steps[w.step]
-        out = P.check_items(msg.envelope.get("out", []), len(msg.frames), 4)
+        out = P.check_items(msg.envelope.get("out", []), 4)
         failed = msg.envelope.get("failed", [])
         bad = set()
         for entry in failed:
@@ -433,11 +434,11 @@ class Router:
 
     # -- queues ------------------------------------------------------------------------------
     def enqueue_outputs(self, src: StepState, items: list, frames: list) -> int:
-        pos = 0
+        if not items:
+            return 0
+        payloads = P.unpack_payloads([it[3] for it in items], frames)
         n = 0
-        for key, path, target, count in items:
-            fr = frames[pos:pos + count]
-            pos += count
+        for (key, path, target, sizes), fr in zip(items, payloads):
             nbytes = sum(len(f) for f in fr)
             targets = src.targets if not target else (target,)
             for t in targets:
@@ -447,7 +448,7 @@ class Router:
                 if self.taps:
                     self.publisher.maybe_sample(src.spec.name, t, key, fr)
                 dst = self.steps[t]
-                dst.queue.append(Item(key, path, fr, nbytes))
+                dst.queue.append(Item(key, path, fr, sizes, nbytes))
                 dst.queue_bytes += nbytes
                 dst.n_in += 1
             n += 1
@@ -525,16 +526,16 @@ class Router:
         n = max(1, min(self.opts.batch_max, math.ceil(len(q) / max(1, n_free * 2))))
         if q[0].attempts:
             n = 1  # a retried event travels alone, so a poison event cannot take its batch down
-        items, frames, env_items, nbytes = [], [], [], 0
+        items, env_items, nbytes = [], [], 0
         while q and len(items) < n and nbytes < (8 << 20) and not (items and q[0].attempts):
             it = q.popleft()
             st.queue_bytes -= it.nbytes
             nbytes += it.nbytes
             items.append(it)
-            env_items.append([it.key, it.path, len(it.frames)])
-            frames.extend(it.frames)
+            env_items.append([it.key, it.path, it.sizes])
         lease_id = next(self.lease_ids)
         w.leases[lease_id] = (items, time.monotonic())
+        frames = P.repack((it.frames, it.sizes) for it in items)
         self._send(w, P.DATA, {"lease": lease_id, "items": env_items}, frames)
 
     # -- workers -----------------------------------------------------------------------------

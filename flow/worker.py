@@ -91,6 +91,14 @@ class Worker:
         P.Message(command, envelope or {}, frames or []).send(self.sock)
         self.last_sent = time.monotonic()
 
+    def send_outputs(self, command: bytes, envelope: dict, out: list, payloads: list) -> None:
+        """Send outputs ``[key, path, target]`` with their encoded frames, small ones packed."""
+        sizes, frames = P.pack_payloads(payloads)
+        for entry, sz in zip(out, sizes):
+            entry.append(sz)
+        envelope["out"] = out
+        self.send(command, envelope, frames)
+
     def maybe_heartbeat(self) -> None:
         now = time.monotonic()
         if now - self.last_sent >= self.heartbeat_s:
@@ -198,8 +206,8 @@ class Worker:
             try:
                 for key, target, event in outputs:
                     f = codec.encode(event)
-                    out.append([key, path, target, len(f)])
-                    frames.extend(f)
+                    out.append([key, path, target])
+                    frames.append(f)
                     nbytes += codec.encoded_size(f)
                     self.done += 1
                     now = time.perf_counter()
@@ -211,13 +219,13 @@ class Worker:
                     finished = True
             except Exception as exc:
                 if out:
-                    self.send(P.PRODUCE, {"out": out}, frames)
+                    self.send_outputs(P.PRODUCE, {}, out, frames)
                 self.send(P.FAILED, {"phase": "process", "error": f"{type(exc).__name__}: {exc}",
                                      "traceback": traceback.format_exc()})
                 self.wait_stop()
                 return
             if out:
-                self.send(P.PRODUCE, {"out": out}, frames)
+                self.send_outputs(P.PRODUCE, {}, out, frames)
                 credit -= 1
             if finished:
                 self.send(P.EOS)
@@ -257,15 +265,13 @@ class Worker:
             self.maybe_heartbeat()
 
     def handle_data(self, msg: P.Message) -> None:
-        items = P.check_items(msg.envelope.get("items"), len(msg.frames), 3)
+        items = P.check_items(msg.envelope.get("items"), 3)
+        payloads = P.unpack_payloads([it[2] for it in items], msg.frames)
         out, out_frames, failed = [], [], []
         consumer = self.kind == "consumer"
         t0 = time.perf_counter()
-        pos = 0
         dups = 0
-        for index, (key, path, n) in enumerate(items):
-            frames = msg.frames[pos:pos + n]
-            pos += n
+        for index, ((key, path, _), frames) in enumerate(zip(items, payloads)):
             if consumer:
                 ident = (key, path)
                 if ident in self.seen or key in self.done_keys:
@@ -281,19 +287,18 @@ class Worker:
                     result = self.step.process(event)
                     routed = stager_outputs(result, key, self.step_name, self.targets)
                     new_path = path_after(path, self.step_index)
-                    for k, target, ev in routed:
-                        f = codec.encode(ev)
-                        out.append([k, new_path, target, len(f)])
-                        out_frames.extend(f)
+                    encoded = [codec.encode(ev) for _, _, ev in routed]  # all or none
+                    out_frames.extend(encoded)
+                    out.extend([k, new_path, target] for k, target, _ in routed)
                 self.done += 1
             except Exception as exc:
                 self.errors += 1
                 failed.append([index, f"{type(exc).__name__}: {exc}", traceback.format_exc()])
             if time.monotonic() - self.last_sent >= self.heartbeat_s:
                 self.send(P.HEARTBEAT)
-        env = {"lease": msg.envelope.get("lease"), "out": out, "failed": failed,
+        env = {"lease": msg.envelope.get("lease"), "failed": failed,
                "busy_s": time.perf_counter() - t0, "dups": dups}
-        self.send(P.ACK, env, out_frames)
+        self.send_outputs(P.ACK, env, out, out_frames)
 
 
 def worker_main(endpoint: str, worker_id: str, step_name: str, keys_dir: str | None = None) -> int:
