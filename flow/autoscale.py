@@ -35,7 +35,7 @@ class AutoScaler:
             if st.kind != "stager" or st.finished:
                 continue
             workers = sum(1 for w in st.workers.values() if w.state in ("starting", "ready"))
-            queue = len(st.queue)
+            queue = st.queue_events
             t0, in0, done0, busy0, q0 = self.last.get(name, (now, st.n_in, st.n_done, st.busy_s,
                                                              queue))
             self.last[name] = (now, st.n_in, st.n_done, st.busy_s, queue)

@@ -1,6 +1,6 @@
 """The router: one poll loop that leases events to workers, collects their ACKs, and ends the stream.
 
-Small state records (`Item`, `WorkerState`, `StepState`) and one loop that always has a timeout, as in
+Small state records (`Batch`, `WorkerState`, `StepState`) and one loop that always has a timeout, as in
 the ZeroMQ guide's brokers. The router reads only envelopes; payload frames are forwarded untouched.
 See docs/protocol.md for the semantics implemented here (credit windows, leases, retries and
 dead letters, backpressure, deterministic end of stream).
@@ -27,17 +27,25 @@ log = logging.getLogger("flow.router")
 
 
 @dataclass(slots=True)
-class Item:
-    """One event waiting in a queue or held under a lease."""
+class Batch:
+    """Events that travel together: the envelope items as received (``[key, path, target, sizes]``)
+    and the message frames ``[blob, big...]`` holding their payloads. The router handles batches,
+    not events: per-event work stays in the workers. A batch is split only to route explicitly
+    targeted outputs, to isolate retried events, and to dead-letter one event."""
 
-    key: str
-    path: str
-    frames: list                     # the event's frames: views of a received blob, big frames
-    sizes: list                      # their sizes as in the envelope (-1: a big frame)
+    items: list
+    frames: list
     nbytes: int
     attempts: int = 0
-    error: str = ""
-    tb: str = ""
+
+    def split(self) -> list[Batch]:
+        """One single-event batch per item (same attempts)."""
+        payloads = P.unpack_payloads([it[-1] for it in self.items], self.frames)
+        return [Batch([it], P.repack([(parts, it[-1])]), sum(len(f) for f in parts), self.attempts)
+                for it, parts in zip(self.items, payloads)]
+
+    def event_frames(self, index: int) -> list:
+        return P.unpack_payloads([it[-1] for it in self.items], self.frames)[index]
 
 
 @dataclass
@@ -50,7 +58,7 @@ class WorkerState:
     pid: int = 0
     host: str = ""
     state: str = "starting"          # starting, ready, retiring, eos, done, dead
-    leases: dict = field(default_factory=dict)     # lease id -> (list[Item], t0)
+    leases: dict = field(default_factory=dict)     # lease id -> (Batch, t0)
     last_seen: float = field(default_factory=time.monotonic)
     last_sent: float = 0.0           # when the router last sent to it (heartbeats fill gaps)
     credit_out: int = 0              # producers: CREDIT granted and not yet used
@@ -68,7 +76,8 @@ class StepState:
     index: int
     targets: tuple[str, ...]
     inputs: set
-    queue: collections.deque = field(default_factory=collections.deque)
+    queue: collections.deque = field(default_factory=collections.deque)   # of Batch
+    queue_events: int = 0
     queue_bytes: int = 0
     workers: dict = field(default_factory=dict)    # id -> WorkerState
     desired: int = 1
@@ -93,7 +102,18 @@ class StepState:
         return self.spec.kind
 
     def leased(self) -> int:
-        return sum(len(items) for w in self.workers.values() for items, _ in w.leases.values())
+        return sum(len(b.items) for w in self.workers.values() for b, _ in w.leases.values())
+
+    def push(self, batch: Batch, front: bool = False) -> None:
+        (self.queue.appendleft if front else self.queue.append)(batch)
+        self.queue_events += len(batch.items)
+        self.queue_bytes += batch.nbytes
+
+    def pop(self) -> Batch:
+        batch = self.queue.popleft()
+        self.queue_events -= len(batch.items)
+        self.queue_bytes -= batch.nbytes
+        return batch
 
 
 class Router:
@@ -113,6 +133,7 @@ class Router:
         self.ctx = ctx or zmq.Context.instance()
         self.sock = self.ctx.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self.sock.setsockopt(zmq.SNDTIMEO, 1000)   # a peer that stopped reading cannot stall us
         self.sock.setsockopt(zmq.LINGER, 0)
         self.security = None
         if keys_dir:
@@ -377,27 +398,29 @@ class Router:
         if lease is None:
             self.stale_acks += 1
             return
-        items, t0 = lease
+        batch, t0 = lease
+        n = len(batch.items)
         st = self.steps[w.step]
         out = P.check_items(msg.envelope.get("out", []), 4)
         failed = msg.envelope.get("failed", [])
-        bad = set()
-        for entry in failed:
-            if not (isinstance(entry, list) and len(entry) == 3 and isinstance(entry[0], int)
-                    and 0 <= entry[0] < len(items)):
-                raise ProtocolError("malformed failure entry in ACK")
-            index, exc, tb = entry
-            bad.add(index)
-            self.retry_or_dead_letter(st, items[index], str(exc), str(tb))
-        ok = len(items) - len(bad)
+        if not isinstance(failed, list):
+            raise ProtocolError("malformed failure list in ACK")
+        if failed:
+            singles = batch.split() if n > 1 else [batch]
+            for entry in failed:
+                if not (isinstance(entry, list) and len(entry) == 3 and type(entry[0]) is int
+                        and 0 <= entry[0] < n):
+                    raise ProtocolError("malformed failure entry in ACK")
+                index, exc, tb = entry
+                self.retry_or_dead_letter(st, singles[index], str(exc), str(tb))
+        ok = n - len(failed)
         st.n_done += ok
         w.done += ok
-        w.errors += len(bad)
+        w.errors += len(failed)
         busy = float(msg.envelope.get("busy_s", 0.0))
         st.busy_s += busy
-        if items:
-            per = busy / len(items)
-            st.latencies.extend([per] * min(len(items), 16))
+        if n:
+            st.latencies.extend([busy / n] * min(n, 16))
         if st.kind == "consumer":
             st.n_dups += int(msg.envelope.get("dups", 0))
         st.n_out += self.enqueue_outputs(st, out, msg.frames)
@@ -434,56 +457,70 @@ class Router:
 
     # -- queues ------------------------------------------------------------------------------
     def enqueue_outputs(self, src: StepState, items: list, frames: list) -> int:
+        """Queue a worker's outputs at the downstream steps: the whole batch to every target when
+        nothing was routed explicitly (the common case: no per-event work here), else per target."""
         if not items:
             return 0
-        payloads = P.unpack_payloads([it[3] for it in items], frames)
-        n = 0
-        for (key, path, target, sizes), fr in zip(items, payloads):
-            nbytes = sum(len(f) for f in fr)
-            targets = src.targets if not target else (target,)
-            for t in targets:
-                if t not in src.targets:
-                    self.rejected += 1
-                    continue
-                if self.taps:
-                    self.publisher.maybe_sample(src.spec.name, t, key, fr)
-                dst = self.steps[t]
-                dst.queue.append(Item(key, path, fr, sizes, nbytes))
-                dst.queue_bytes += nbytes
-                dst.n_in += 1
-            n += 1
-        return n
+        if all(not it[2] for it in items):
+            nbytes = sum(len(f) for f in frames)
+            routes = [(t, items, frames, nbytes) for t in src.targets]
+        else:
+            payloads = P.unpack_payloads([it[3] for it in items], frames)
+            groups: dict[str, list] = {}
+            for it, parts in zip(items, payloads):
+                for t in (src.targets if not it[2] else (it[2],)):
+                    if t in src.targets:
+                        groups.setdefault(t, []).append((it, parts))
+                    else:
+                        self.rejected += 1
+            routes = []
+            for t, group in groups.items():
+                fr = P.repack((parts, it[3]) for it, parts in group)
+                routes.append((t, [it for it, _ in group], fr, sum(len(f) for f in fr)))
+        for t, its, fr, nbytes in routes:
+            if self.taps:
+                self._maybe_sample(src, t, its, fr)
+            dst = self.steps[t]
+            dst.push(Batch(its, fr, nbytes))
+            dst.n_in += len(its)
+        return len(items)
 
-    def retry_or_dead_letter(self, st: StepState, item: Item, exc: str, tb: str) -> None:
-        item.attempts += 1
+    def _maybe_sample(self, src: StepState, t: str, items: list, frames: list) -> None:
+        due = self.taps.get((src.spec.name, t))
+        if due is not None and time.monotonic() >= due:
+            first = P.unpack_payloads([it[-1] for it in items], frames)[0]
+            self.publisher.maybe_sample(src.spec.name, t, items[0][0], first)
+
+    def retry_or_dead_letter(self, st: StepState, single: Batch, exc: str, tb: str) -> None:
+        """A single-event batch failed: queue it again (alone, at the front) or dead-letter it."""
+        single.attempts += 1
         st.errors += 1
-        if item.attempts < self.opts.max_retries:
+        if single.attempts < self.opts.max_retries:
             st.retries += 1
-            item.error, item.tb = exc, tb
-            st.queue.appendleft(item)
-            st.queue_bytes += item.nbytes
+            st.push(single, front=True)
         else:
             st.dead += 1
-            self.dead_letter.write(item.key, item.path, st.spec.name, exc, tb, item.attempts,
-                                   item.frames)
+            key, path = single.items[0][0], single.items[0][1]
+            self.dead_letter.write(key, path, st.spec.name, exc, tb, single.attempts,
+                                   single.event_frames(0))
             log.warning("dead letter: step '%s' key %s after %d attempts: %s",
-                        st.spec.name, item.key, item.attempts, exc)
+                        st.spec.name, key, single.attempts, exc)
 
     def requeue(self, w: WorkerState, count_attempt: bool, reason: str = "") -> None:
         st = self.steps[w.step]
         # a worker handles its leases in order: only the oldest can have killed it
-        for i, (items, _) in enumerate(reversed(list(w.leases.values()))):
-            oldest = i == len(w.leases) - 1
-            for it in reversed(items):
-                if count_attempt and oldest:
-                    self.retry_or_dead_letter(st, it, reason, "")
-                else:
-                    st.queue.appendleft(it)
-                    st.queue_bytes += it.nbytes
+        leases = list(w.leases.values())
         w.leases.clear()
+        for i, (batch, _) in enumerate(reversed(leases)):
+            if count_attempt and i == len(leases) - 1:
+                for single in reversed(batch.split() if len(batch.items) > 1 else [batch]):
+                    self.retry_or_dead_letter(st, single, reason, "")
+            else:
+                st.push(batch, front=True)
 
     def room(self, st: StepState) -> bool:
-        return len(st.queue) < self.opts.queue_limit and st.queue_bytes < self.opts.queue_limit_bytes
+        return st.queue_events < self.opts.queue_limit and \
+            st.queue_bytes < self.opts.queue_limit_bytes
 
     def targets_have_room(self, st: StepState) -> bool:
         return all(self.room(self.steps[t]) for t in st.targets)
@@ -522,21 +559,29 @@ class Router:
                         free.remove(w)
 
     def lease(self, st: StepState, w: WorkerState, n_free: int) -> None:
+        """Send queued batches to ``w`` under one lease: at least one batch, more (merged) while
+        the queue is deep, up to ``batch_max`` events and 8 MB. A retried event travels alone, so a
+        poison event cannot take a batch down with it."""
         q = st.queue
-        n = max(1, min(self.opts.batch_max, math.ceil(len(q) / max(1, n_free * 2))))
-        if q[0].attempts:
-            n = 1  # a retried event travels alone, so a poison event cannot take its batch down
-        items, env_items, nbytes = [], [], 0
-        while q and len(items) < n and nbytes < (8 << 20) and not (items and q[0].attempts):
-            it = q.popleft()
-            st.queue_bytes -= it.nbytes
-            nbytes += it.nbytes
-            items.append(it)
-            env_items.append([it.key, it.path, it.sizes])
+        want = max(1, min(self.opts.batch_max, math.ceil(st.queue_events / max(1, n_free * 2))))
+        batch = st.pop()
+        if not batch.attempts:
+            parts = [batch]
+            n, nbytes = len(batch.items), batch.nbytes
+            while q and not q[0].attempts and n + len(q[0].items) <= want \
+                    and nbytes + q[0].nbytes < (8 << 20):
+                nxt = st.pop()
+                parts.append(nxt)
+                n += len(nxt.items)
+                nbytes += nxt.nbytes
+            if len(parts) > 1:
+                blobs = [b.frames[0] for b in parts]
+                bigs = [f for b in parts for f in b.frames[1:]]
+                batch = Batch([it for b in parts for it in b.items], [b"".join(blobs), *bigs],
+                              nbytes)
         lease_id = next(self.lease_ids)
-        w.leases[lease_id] = (items, time.monotonic())
-        frames = P.repack((it.frames, it.sizes) for it in items)
-        self._send(w, P.DATA, {"lease": lease_id, "items": env_items}, frames)
+        w.leases[lease_id] = (batch, time.monotonic())
+        self._send(w, P.DATA, {"lease": lease_id, "items": batch.items}, batch.frames)
 
     # -- workers -----------------------------------------------------------------------------
     def _send(self, w: WorkerState, command: bytes, envelope: dict | None = None,
@@ -547,9 +592,11 @@ class Router:
     def _send_ident(self, ident: bytes, command: bytes, envelope=None, frames=None) -> None:
         try:
             P.Message(command, envelope or {}, frames or []).send(self.sock, ident)
-        except zmq.ZMQError as exc:  # peer not connected (yet, or any more): liveness handles it
-            if exc.errno != zmq.EHOSTUNREACH:
+        except zmq.ZMQError as exc:  # peer not connected, or not reading: liveness handles it
+            if exc.errno not in (zmq.EHOSTUNREACH, zmq.EAGAIN):
                 raise
+            log.warning("could not send %s to %r: %s", P.NAMES.get(command, command),
+                        ident[:40], exc.strerror)
 
     def check_workers(self, now: float) -> None:
         hb = self.opts.heartbeat_s

@@ -40,7 +40,7 @@ def step_record(router, st, meter: RateMeter, now: float) -> dict:
         "rate": done_rate,
         "arrivals": arrivals if st.kind != "producer" else done_rate,
         "rate_avg": n_count / elapsed,
-        "queue": len(st.queue),
+        "queue": st.queue_events,
         "queue_bytes": st.queue_bytes,
         "inflight": st.leased(),
         "workers": len(workers),

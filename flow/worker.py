@@ -265,13 +265,13 @@ class Worker:
             self.maybe_heartbeat()
 
     def handle_data(self, msg: P.Message) -> None:
-        items = P.check_items(msg.envelope.get("items"), 3)
-        payloads = P.unpack_payloads([it[2] for it in items], msg.frames)
+        items = P.check_items(msg.envelope.get("items"), 4)
+        payloads = P.unpack_payloads([it[3] for it in items], msg.frames)
         out, out_frames, failed = [], [], []
         consumer = self.kind == "consumer"
         t0 = time.perf_counter()
         dups = 0
-        for index, ((key, path, _), frames) in enumerate(zip(items, payloads)):
+        for index, ((key, path, _, _), frames) in enumerate(zip(items, payloads)):
             if consumer:
                 ident = (key, path)
                 if ident in self.seen or key in self.done_keys:
