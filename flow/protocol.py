@@ -120,16 +120,20 @@ def _buffer(frame):
     return frame.buffer if isinstance(frame, zmq.Frame) else frame
 
 
-def check_items(items: Any, width: int) -> list:
+def check_items(items: Any, width: int, deep: bool = True) -> list:
     """Validate an envelope's item list: each item a list of ``width`` fields, the first the key
-    (str), the last the event's frame sizes (see `pack_payloads`)."""
-    if not isinstance(items, list):
+    (str), the last the event's frame sizes (see `pack_payloads`). The router checks the shape only
+    (``deep=False``, it never reads sizes unless it splits a batch, and `unpack_payloads` checks them
+    then); workers check everything."""
+    if type(items) is not list:
         raise ProtocolError("items is not a list")
     for item in items:
-        if not isinstance(item, list) or len(item) != width or not isinstance(item[0], str):
+        if type(item) is not list or len(item) != width or type(item[0]) is not str:
             raise ProtocolError(f"malformed item {item!r:.80}")
+        if not deep:
+            continue
         sizes = item[-1]
-        if not isinstance(sizes, list) or not sizes or \
+        if type(sizes) is not list or not sizes or \
                 not all(type(n) is int and n >= -1 for n in sizes):
             raise ProtocolError(f"malformed frame sizes in item {item!r:.80}")
     return items

@@ -385,7 +385,7 @@ class Router:
 
     def on_produce(self, w: WorkerState, msg: P.Message) -> None:
         st = self.steps[w.step]
-        items = P.check_items(msg.envelope.get("out"), 4)
+        items = P.check_items(msg.envelope.get("out"), 4, deep=False)
         w.credit_out = max(0, w.credit_out - 1)
         n = self.enqueue_outputs(st, items, msg.frames)
         w.done += n
@@ -401,12 +401,16 @@ class Router:
         batch, t0 = lease
         n = len(batch.items)
         st = self.steps[w.step]
-        out = P.check_items(msg.envelope.get("out", []), 4)
+        out = P.check_items(msg.envelope.get("out", []), 4, deep=False)
         failed = msg.envelope.get("failed", [])
         if not isinstance(failed, list):
             raise ProtocolError("malformed failure list in ACK")
         if failed:
-            singles = batch.split() if n > 1 else [batch]
+            try:
+                singles = batch.split() if n > 1 else [batch]
+            except ProtocolError as exc:  # malformed payload sizes: keep the raw batch, once
+                self.dead_letter_batch(st, batch, f"ProtocolError: {exc}")
+                failed = []
             for entry in failed:
                 if not (isinstance(entry, list) and len(entry) == 3 and type(entry[0]) is int
                         and 0 <= entry[0] < n):
@@ -506,6 +510,15 @@ class Router:
             log.warning("dead letter: step '%s' key %s after %d attempts: %s",
                         st.spec.name, key, single.attempts, exc)
 
+    def dead_letter_batch(self, st: StepState, batch: Batch, exc: str) -> None:
+        """Dead-letter every event of a batch whose payload cannot be split (raw frames kept)."""
+        for key, path, *_ in batch.items:
+            st.dead += 1
+            self.dead_letter.write(key, path, st.spec.name, exc, "", batch.attempts + 1,
+                                   batch.frames)
+        log.warning("dead letter: step '%s': %d events of a malformed batch: %s",
+                    st.spec.name, len(batch.items), exc)
+
     def requeue(self, w: WorkerState, count_attempt: bool, reason: str = "") -> None:
         st = self.steps[w.step]
         # a worker handles its leases in order: only the oldest can have killed it
@@ -513,7 +526,12 @@ class Router:
         w.leases.clear()
         for i, (batch, _) in enumerate(reversed(leases)):
             if count_attempt and i == len(leases) - 1:
-                for single in reversed(batch.split() if len(batch.items) > 1 else [batch]):
+                try:
+                    singles = batch.split() if len(batch.items) > 1 else [batch]
+                except ProtocolError as exc:
+                    self.dead_letter_batch(st, batch, f"ProtocolError: {exc}")
+                    continue
+                for single in reversed(singles):
                     self.retry_or_dead_letter(st, single, reason, "")
             else:
                 st.push(batch, front=True)

@@ -253,8 +253,13 @@ class Worker:
             if msg.command == P.DATA:
                 try:
                     self.handle_data(msg)
-                except ProtocolError as exc:
-                    print(f"flow worker {self.worker_id}: bad DATA dropped: {exc}", file=sys.stderr)
+                except ProtocolError as exc:  # fail the whole lease: the router dead-letters it
+                    print(f"flow worker {self.worker_id}: bad DATA: {exc}", file=sys.stderr)
+                    items = msg.envelope.get("items")
+                    n = len(items) if isinstance(items, list) else 0
+                    self.send_outputs(P.ACK, {"lease": msg.envelope.get("lease"),
+                                              "failed": [[i, f"ProtocolError: {exc}", ""]
+                                                         for i in range(n)]}, [], [])
             elif msg.command == P.EOS:
                 self.send(P.BYE, self.teardown())
                 return
