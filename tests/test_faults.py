@@ -247,3 +247,34 @@ def test_scaler_moves_workers_to_a_step_that_slows_down(tmp_path):
     for r in records:
         assert r["steps"]["fast"]["workers"] + r["steps"]["slow"]["workers"] <= 3 + 1
     assert len(counts(tmp_path / "out.jsonl")) == 2500
+
+
+def test_killed_consumer_is_replaced_without_duplicates(tmp_path):
+    graph = load(tmp_path, """
+        name: consumer-kill
+        steps:
+          - {name: read, use: "tests.steps:Counter", with: {n: 3000}, to: [work]}
+          - {name: work, use: "tests.steps:Sleep", with: {ms: 0.5}, to: [write]}
+          - {name: write, use: "tests.steps:ListConsumer", with: {path: OUT/out.jsonl}}
+        router: {dead_letter: OUT/dl.jsonl, max_retries: 5}
+        """)
+    killed = []
+
+    def killer(router, publisher):
+        def loop():
+            out = tmp_path / "out.jsonl"
+            deadline = time.monotonic() + 60
+            while len(read_jsonl(str(out))) < 500 and time.monotonic() < deadline:
+                time.sleep(0.02)
+            for w in list(router.workers.values()):
+                if w.step == "write" and w.handle is not None and w.handle.alive():
+                    os.kill(w.handle.process.pid, signal.SIGKILL)
+                    killed.append(w.id)
+        threading.Thread(target=loop, daemon=True).start()
+
+    summary = run(graph, RunOptions(quiet=True, run_dir=str(tmp_path / "run"), on_start=killer))
+    assert killed, "the consumer must have been killed"
+    c = counts(tmp_path / "out.jsonl")
+    assert set(c) == {str(i) for i in range(3000)}
+    assert max(c.values()) == 1, "the replacement consumer skipped what the file already held"
+    assert summary.exit_code == EXIT_OK
