@@ -111,14 +111,16 @@ class Publisher:
             except zmq.Again:
                 return
             if msg[:1] == b"\x01":  # a (re)subscription: replay the state for the newcomer
-                self._send(b"graph", self.graph_record())
-                if self.context_frames:
+                prefix = bytes(msg[1:])  # only the records it subscribed to (b"" matches all)
+                if b"graph".startswith(prefix):
+                    self._send(b"graph", self.graph_record())
+                if self.context_frames and b"context".startswith(prefix):
                     try:
                         sock.send_multipart([b"context", *self.context_frames], zmq.NOBLOCK,
                                             copy=False)
                     except zmq.Again:
                         pass
-                if self.last_stats is not None:
+                if self.last_stats is not None and b"stats".startswith(prefix):
                     self._send(b"stats", self.last_stats)
 
     # -- control -----------------------------------------------------------------------------
@@ -170,7 +172,7 @@ class Publisher:
                 self.taps[(src, dst)] = 0.0
         else:
             return {"ok": False, "error": f"unknown command {cmd!r}"}
-        self.publish_log("info", f"control: {cmd} {req.get('step', '')}".strip())
+        self.publish_log("INFO", f"control: {cmd} {req.get('step', '')}".strip())
         return {"ok": True, "error": None}
 
     def close(self) -> None:

@@ -177,7 +177,7 @@ class MainWindow(QtWidgets.QMainWindow):
         stats = snap.stats
         if not snap.alive:
             last = (stats or {}).get("state")
-            self._set_state("not running", last if last in ("finished", "aborted") else None)
+            self._set_state("not running", last if last in theme.FINAL_STATES else None)
             self.status.showMessage(
                 f"no record from {self.monitor.address} for {self.monitor.stale_s:.0f} s — "
                 "waiting for a pipeline (reconnects by itself)")

@@ -69,7 +69,7 @@ class ControlBar(QtWidgets.QWidget):
         self.max_spin = QtWidgets.QSpinBox()
         lay.addWidget(self.step_box)
         for spin, label in ((self.min_spin, "min"), (self.max_spin, "max")):
-            spin.setRange(0, 4096)
+            spin.setRange(1, 4096)  # a stager keeps at least one worker (the router refuses 0)
             lay.addWidget(QtWidgets.QLabel(label))
             lay.addWidget(spin)
         self.apply_button = QtWidgets.QPushButton("Apply")
@@ -95,7 +95,8 @@ class ControlBar(QtWidgets.QWidget):
 
     def set_graph(self, graph: dict | None) -> None:
         steps = (graph or {}).get("steps") or []
-        scalable = [s["name"] for s in steps if s.get("kind") != "producer"] or [s["name"] for s in steps]
+        # only stagers have a worker pool to scale (a router refuses the others)
+        scalable = [s["name"] for s in steps if s.get("kind") == "stager"]
         edges = [f"{s['name']}->{t}" for s in steps for t in s.get("to", [])]
         self._bounds = {s["name"]: (s.get("workers_min", 1), s.get("workers_max", 1)) for s in steps}
         for box, items in ((self.step_box, scalable), (self.edge_box, edges)):

@@ -114,6 +114,7 @@ class EventDisplay(QtWidgets.QWidget):
         self.title.setStyleSheet(f"color: {theme.MUTED};")
         self.tel_box = QtWidgets.QComboBox()
         self.tel_box.setMinimumWidth(150)
+        self.tel_box.setSizeAdjustPolicy(QtWidgets.QComboBox.AdjustToContents)
         self.tel_box.activated.connect(self._on_tel_chosen)
         top.addWidget(self.title, 1)
         top.addWidget(QtWidgets.QLabel("telescope"))
@@ -144,6 +145,7 @@ class EventDisplay(QtWidgets.QWidget):
         self.info.setStyleSheet(f"color: {theme.TEXT}; font-family: monospace;")
         for label in (self.info, self.title):  # long texts must not widen the window
             label.setSizePolicy(QtWidgets.QSizePolicy.Ignored, QtWidgets.QSizePolicy.Preferred)
+        self.info.setWordWrap(True)
 
         lay = QtWidgets.QVBoxLayout(self)
         lay.setContentsMargins(4, 4, 4, 4)
@@ -182,7 +184,7 @@ class EventDisplay(QtWidgets.QWidget):
             self.info.setText("no telescope image with known geometry in this sample"
                               if event.get("tels") else "sample has no telescope data")
             return
-        brightest = max(tels, key=lambda t: float(np.nansum(tels[t]["image"])))
+        brightest = max(tels, key=lambda t: self._signal(tels[t]))
         chosen = self._user_choice if self._user_choice in tels else brightest
         self.tel_box.blockSignals(True)
         self.tel_box.clear()
@@ -191,6 +193,16 @@ class EventDisplay(QtWidgets.QWidget):
         self.tel_box.setCurrentIndex(sorted(tels).index(chosen))
         self.tel_box.blockSignals(False)
         self.draw(chosen)
+
+    @staticmethod
+    def _signal(tel: dict) -> float:
+        """Charge in the cleaning mask (all pixels without one): the noise of a big camera does not
+        outweigh the shower of a small one."""
+        image = np.asarray(tel["image"], dtype=float)
+        mask = tel.get("mask")
+        if mask is not None and np.shape(mask) == image.shape:
+            return float(np.nansum(np.where(np.asarray(mask, dtype=bool), image, 0.0)))
+        return float(np.nansum(image))
 
     def _on_tel_chosen(self, index: int) -> None:
         self._user_choice = self.tel_box.itemData(index)

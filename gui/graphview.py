@@ -1,4 +1,6 @@
 """The pipeline graph, left to right: layers by longest path from the producers, one box per step.
+A long chain is wrapped into bands (left to right, then the next band below) when that draws the boxes
+larger in the view, e.g. the nine steps of configs/demo.yaml in two bands.
 
 A box shows the step's name and kind, rate, queue, workers (current, min–max) and busy fraction; its
 colour goes green -> amber -> red with the load (busy fraction), and the bottleneck gets a thick
@@ -16,6 +18,7 @@ from .fmt import fmt_count, fmt_rate
 
 NODE_W, NODE_H = 178.0, 96.0
 GAP_X, GAP_Y = 70.0, 26.0
+BAND_GAP = 30.0          # extra space between the bands of a wrapped long chain
 
 
 class NodeItem(QtWidgets.QGraphicsPathItem):
@@ -98,6 +101,10 @@ class GraphView(QtWidgets.QGraphicsView):
         self.setVerticalScrollBarPolicy(QtCore.Qt.ScrollBarAlwaysOff)
         self.nodes: dict[str, NodeItem] = {}
         self._steps: dict[str, dict] = {}
+        self._graph: dict | None = None
+        self._band: dict[str, int] = {}
+        self._columns_per_band = 1
+        self._stats: dict | None = None
         self._placeholder("waiting for the pipeline graph…")
 
     def _placeholder(self, text: str) -> None:
@@ -108,45 +115,92 @@ class GraphView(QtWidgets.QGraphicsView):
         self._fit()
 
     def clear(self) -> None:
+        self._graph = None
         self._placeholder("waiting for the pipeline graph…")
 
     def set_graph(self, graph: dict) -> None:
-        scene = self.scene()
-        scene.clear()
-        self.nodes = {}
-        steps = graph.get("steps") or []
-        self._steps = {s["name"]: s for s in steps}
+        self._graph = graph
+        self._columns_per_band = self._best_columns(graph)
+        self._layout()
+
+    def _layers(self, steps: list[dict]) -> dict[int, list[str]]:
         layer = topo_layers(steps)
         columns: dict[int, list[str]] = {}
         for s in steps:
             columns.setdefault(layer[s["name"]], []).append(s["name"])
+        return columns
+
+    def _best_columns(self, graph: dict) -> int:
+        """Layers per band: a long chain (e.g. the 9 steps of configs/demo.yaml) is wrapped into
+        bands, left to right then top to bottom, when that draws the boxes larger in this view."""
+        columns = self._layers(graph.get("steps") or [])
+        n = len(columns)
+        if n <= 1:
+            return max(n, 1)
+        vw, vh = max(self.viewport().width(), 1), max(self.viewport().height(), 1)
+        height = max(len(c) for c in columns.values()) * (NODE_H + GAP_Y)
+
+        def scale(c: int) -> float:
+            bands = -(-n // c)
+            return min(vw / (c * (NODE_W + GAP_X)), vh / (bands * height + (bands - 1) * BAND_GAP))
+        return max(range(n, 0, -1), key=lambda c: (round(scale(c), 6), c))
+
+    def _layout(self) -> None:
+        graph = self._graph
+        scene = self.scene()
+        scene.clear()
+        self.nodes = {}
+        if graph is None:
+            return
+        steps = graph.get("steps") or []
+        self._steps = {s["name"]: s for s in steps}
+        columns = self._layers(steps)
+        per_band = self._columns_per_band
         parents = {s["name"]: [p["name"] for p in steps if s["name"] in p.get("to", [])] for s in steps}
         row: dict[str, float] = {}
         height = max(len(c) for c in columns.values()) if columns else 1
+        band_h = height * (NODE_H + GAP_Y) + BAND_GAP
+        self._band = {}
         for col in sorted(columns):  # order each column by the mean row of its parents
             names = columns[col]
             names.sort(key=lambda n: (sum(row[p] for p in parents[n] if p in row)
                                       / max(1, sum(p in row for p in parents[n]))) if parents[n] else 0)
             offset = (height - len(names)) / 2.0
+            band, x = divmod(col, per_band)
             for i, name in enumerate(names):
                 row[name] = offset + i
                 node = NodeItem(self._steps[name])
-                node.setPos(col * (NODE_W + GAP_X), row[name] * (NODE_H + GAP_Y))
+                node.setPos(x * (NODE_W + GAP_X), band * band_h + row[name] * (NODE_H + GAP_Y))
                 node.setZValue(1)
                 scene.addItem(node)
                 self.nodes[name] = node
+                self._band[name] = band
         for s in steps:
             for t in s.get("to", []):
                 if t in self.nodes:
-                    self._add_edge(self.nodes[s["name"]], self.nodes[t])
+                    gap_y = (self._band[s["name"]] + 1) * band_h - (GAP_Y + BAND_GAP) / 2
+                    self._add_edge(self.nodes[s["name"]], self.nodes[t],
+                                   gap_y if self._band[t] > self._band[s["name"]] else None)
         self._fit()
 
-    def _add_edge(self, a: NodeItem, b: NodeItem) -> None:
+    def _add_edge(self, a: NodeItem, b: NodeItem, gap_y: float | None = None) -> None:
         p0 = a.pos() + QtCore.QPointF(NODE_W, NODE_H / 2)
         p1 = b.pos() + QtCore.QPointF(-6, NODE_H / 2)
         path = QtGui.QPainterPath(p0)
-        dx = max(30.0, (p1.x() - p0.x()) / 2)
-        path.cubicTo(p0 + QtCore.QPointF(dx, 0), p1 - QtCore.QPointF(dx, 0), p1)
+        if gap_y is None:
+            dx = max(30.0, (p1.x() - p0.x()) / 2)
+            path.cubicTo(p0 + QtCore.QPointF(dx, 0), p1 - QtCore.QPointF(dx, 0), p1)
+        else:  # into the next band: down through the gap between the bands, back left, in
+            r = 24.0
+            out_x, in_x = p0.x() + GAP_X / 2, p1.x() - GAP_X / 2 + 6
+            path.cubicTo(QtCore.QPointF(out_x, p0.y()), QtCore.QPointF(out_x, p0.y()),
+                         QtCore.QPointF(out_x, p0.y() + r))
+            path.lineTo(out_x, gap_y - r)
+            path.quadTo(out_x, gap_y, out_x - r, gap_y)
+            path.lineTo(in_x + r, gap_y)
+            path.quadTo(in_x, gap_y, in_x, gap_y + r)
+            path.lineTo(in_x, p1.y() - r)
+            path.quadTo(in_x, p1.y(), p1.x(), p1.y())
         pen = QtGui.QPen(QtGui.QColor(theme.MUTED), 1.6)
         edge = self.scene().addPath(path, pen)
         edge.setZValue(0)
@@ -156,6 +210,7 @@ class GraphView(QtWidgets.QGraphicsView):
         self.scene().addPolygon(head, QtGui.QPen(QtCore.Qt.NoPen), QtGui.QBrush(QtGui.QColor(theme.MUTED)))
 
     def update_stats(self, stats: dict | None) -> None:
+        self._stats = stats
         steps = (stats or {}).get("steps") or {}
         for name, node in self.nodes.items():
             node.set_stats(steps.get(name), self._steps.get(name))
@@ -170,4 +225,9 @@ class GraphView(QtWidgets.QGraphicsView):
 
     def resizeEvent(self, event: QtGui.QResizeEvent) -> None:  # noqa: N802 - Qt API
         super().resizeEvent(event)
+        if self._graph is not None and self._best_columns(self._graph) != self._columns_per_band:
+            self._columns_per_band = self._best_columns(self._graph)
+            stats, self._stats = self._stats, None
+            self._layout()
+            self.update_stats(stats)
         self._fit()

@@ -104,7 +104,11 @@ class TimePlots(QtWidgets.QWidget):
                 brush=[pg.mkBrush(theme.step_colour(index.get(d.get("step"), 0))) for d in recent])
         else:
             self.markers.clear()
-        self.plots["rate"].setXRange(now - self.window_s, now + 2, padding=0)
+        # a young run fills the plot (at least 30 s shown); later the window rolls
+        left = now - self.window_s
+        if len(t):
+            left = min(max(left, float(t[0])), now - 30.0)
+        self.plots["rate"].setXRange(left, now + 2, padding=0)
         for col, key in enumerate(("rate", "queue", "workers")):
             # from zero, with head room for the legend; whole ticks for worker counts
             top = max([h[1][n][col] for h in history for n in h[1] if h[1][n][col] is not None] or [1])

@@ -19,7 +19,9 @@ BOTTLENECK = "#ffcc33"
 
 STATE_COLOURS = {"starting": "#5aa9e6", "running": "#3fa36b", "paused": "#c48c18",
                  "draining": "#b07cd8", "finished": "#5b8def", "aborted": "#d04848",
-                 "not running": "#5c6370"}
+                 "stopped": "#5b8def", "failed": "#d04848", "not running": "#5c6370"}
+# states a run ends in ("stopped": drained before its producers ended; "failed": a step failed)
+FINAL_STATES = ("finished", "stopped", "aborted", "failed")
 LEVEL_COLOURS = {"DEBUG": MUTED, "INFO": TEXT, "WARNING": "#e0b24a", "ERROR": "#ff6b6b",
                  "CRITICAL": "#ff4f9a"}
 
