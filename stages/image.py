@@ -6,11 +6,14 @@ column names (``hillas_*``, ``leakage_*``, ``concentration_*``, ``timing_*``, ``
 ``intensity_*``, ``peak_time_*``; angles in deg, in the telescope frame). An image that fails
 ctapipe's ImageQualityQuery (cleaned intensity > 0, at least 2 pixels) gets ctapipe's defaults
 (NaN, and -1 for morphology counts). The kernels (`leakage_kernel`, `island_labels`,
-`lts_timing`, `describe`) are numba functions on plain arrays.
+`describe`, `stages.timing.lts_timing`) are numba functions on plain arrays; `image_kernel` runs
+them all for one image in a single compiled call (the per-image Python cost is one call and one
+dict).
 
-Timing uses ctapipe's least-trimmed-squares fit (5 random starts, 85 % of the points) with a
-generator reset to seed 0 for every image, so a result depends on the image only, not on the order
-in which a worker saw the events (ctapipe shares one generator across all images).
+Timing uses ctapipe's least-trimmed-squares fit (5 random starts, 85 % of the points) with the
+random starts of a generator reset to seed 0 for every image (`stages.timing`), so a result depends
+on the image only, not on the order in which a worker saw the events (ctapipe shares one generator
+across all images).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from .hillas import (
     pixel_width,
     telescope_frame,
 )
+from .timing import LTS_DRAWS, LTS_SEED, lts_timing  # noqa: F401  (LTS_SEED re-exported)
 
 LEAKAGE_FIELDS = ("leakage_pixels_width_1", "leakage_pixels_width_2",
                   "leakage_intensity_width_1", "leakage_intensity_width_2")
@@ -44,7 +48,13 @@ STAT_NAMES = ("max", "min", "mean", "std", "skewness", "kurtosis")
 FIELDS = (HILLAS_FIELDS + TIMING_FIELDS + LEAKAGE_FIELDS + CONCENTRATION_FIELDS
           + MORPHOLOGY_FIELDS + tuple(f"intensity_{s}" for s in STAT_NAMES)
           + tuple(f"peak_time_{s}" for s in STAT_NAMES))
-LTS_SEED = 0
+N_FIELDS, N_HILLAS = len(FIELDS), len(HILLAS_FIELDS)
+TIMING_AT = N_HILLAS
+LEAKAGE_AT = TIMING_AT + len(TIMING_FIELDS)
+CONCENTRATION_AT = LEAKAGE_AT + len(LEAKAGE_FIELDS)
+MORPHOLOGY_AT = CONCENTRATION_AT + len(CONCENTRATION_FIELDS)
+INTENSITY_AT = MORPHOLOGY_AT + len(MORPHOLOGY_FIELDS)
+PEAK_TIME_AT = INTENSITY_AT + len(STAT_NAMES)
 
 
 @dataclass(frozen=True)
@@ -132,92 +142,37 @@ def morphology_kernel(mask, indptr, indices):
 
 
 @njit(cache=True)
-def _fit_line_fast(x, y, idx):
-    """Closed-form least squares (slope, intercept, rss) on points ``idx``; NaN if degenerate."""
-    sx, sy, sxx, sxy, n = 0.0, 0.0, 0.0, 0.0, len(idx)
-    for i in idx:
-        sx += x[i]
-        sy += y[i]
-        sxx += x[i] * x[i]
-        sxy += x[i] * y[i]
-    det = sxx * n - sx * sx
-    if det < 2 * np.finfo(np.float64).eps:
-        return np.nan, np.nan, np.nan
-    slope, intercept = (n * sxy - sx * sy) / det, (sxx * sy - sx * sxy) / det
-    rss = 0.0
-    for i in idx:
-        rss += (y[i] - (x[i] * slope + intercept)) ** 2
-    return slope, intercept, rss
-
-
-@njit(cache=True)
-def _fit(exact, design, x, y, idx):
-    if exact:
-        return _fit_line(design, y, idx)
-    return _fit_line_fast(x, y, idx)
-
-
-@njit(cache=True)
-def _fit_line(design, y, idx):
-    """Least squares (slope, intercept, rss) on rows ``idx``; NaN if det(XᵀX) < 2 eps.
-
-    Written with the same matrix operations as ctapipe.fitting.linear_regression on purpose: with
-    3 points the LTS refits pairs, the residual sums are pure rounding noise, and the LTS picks
-    its best start by them; only bit-identical arithmetic reproduces ctapipe's choice. With more
-    points `_fit_line_fast` (closed form, ~10x faster) agrees to rounding.
-    """
-    X, yy = design[idx], y[idx]
-    mat = X.T @ X
-    if np.linalg.det(mat) < 2 * np.finfo(np.float64).eps:
-        return np.nan, np.nan, np.nan
-    beta = np.linalg.inv(mat) @ X.T @ yy
-    rss = np.sum((yy - (X[:, 0] * beta[0] + beta[1])) ** 2)
-    return beta[0], beta[1], rss
-
-
-@njit(cache=True)
-def lts_timing(longi, peak_time, rng, samples=5, fraction=0.85, max_iterations=20, eps=1e-12):
-    """ctapipe's LTS line fit of peak_time vs longitudinal position: (slope, intercept, rmse)."""
-    keep = np.isfinite(longi) & np.isfinite(peak_time)
-    x, y = longi[keep], peak_time[keep]
-    n = len(x)
-    if n < 2:
-        return np.array([np.nan, np.nan, np.nan])
-    size = np.int64(fraction * n)
-    exact = n <= 3
-    design = np.empty((n, 2), dtype=np.float64)
-    design[:, 0] = x
-    design[:, 1] = 1.0
-    best_slope, best_intercept, best_error = np.nan, np.nan, np.inf
-    pair = np.empty(2, dtype=np.int64)
-    for _ in range(samples):
-        pair[0] = rng.integers(0, n)
-        pair[1] = rng.integers(0, n - 1)
-        if pair[1] >= pair[0]:
-            pair[1] += 1
-        slope, intercept, error = _fit(exact, design, x, y, pair)
-        if np.isnan(slope):
-            continue
-        for _ in range(max_iterations):
-            subset = np.argsort((y - (x * slope + intercept)) ** 2)[:size]
-            slope, intercept, new_error = _fit(exact, design, x, y, subset)
-            converged = abs(error - new_error) < eps
-            error = new_error
-            if converged or np.isnan(slope):
-                break
-        if error < best_error:
-            best_slope, best_intercept, best_error = slope, intercept, error
-    deviation = np.sqrt(np.mean((longi * best_slope + best_intercept - peak_time) ** 2))
-    return np.array([best_slope, best_intercept, deviation])
-
-
-@njit(cache=True)
 def describe(values):
     """max, min, mean, std, skewness, kurtosis (Fisher) as ctapipe's descriptive_statistics."""
     mean = values.mean()
     std = np.sqrt(((values - mean) ** 2).mean())
     z = (values - mean) / std
     return np.array([values.max(), values.min(), mean, std, (z**3).mean(), (z**4).mean() - 3.0])
+
+
+@njit(cache=True)
+def image_kernel(image, peak_time, has_time, mask, x, y, area, width, indptr, indices, border1,
+                 border2, draws):
+    """(passes quality, all `FIELDS` as float64) of one image in one compiled call."""
+    out = np.full(N_FIELDS, np.nan)
+    sel = np.flatnonzero(mask)
+    w = image[sel].astype(np.float64)
+    if not (w.sum() > 0.0 and len(sel) > 1):
+        return False, out
+    xs, ys = x[sel], y[sel]
+    hillas = hillas_kernel(xs, ys, area[sel], w)
+    out[:N_HILLAS] = hillas
+    out[LEAKAGE_AT:LEAKAGE_AT + 4] = leakage_kernel(image, mask, border1, border2)
+    out[CONCENTRATION_AT:CONCENTRATION_AT + 3] = concentration_kernel(xs, ys, w, width[sel], hillas)
+    out[MORPHOLOGY_AT:MORPHOLOGY_AT + 5] = morphology_kernel(mask, indptr, indices)
+    out[INTENSITY_AT:INTENSITY_AT + 6] = describe(w)
+    if has_time:
+        times = peak_time[sel].astype(np.float64)
+        psi = np.deg2rad(hillas[PSI])
+        longi = (xs - hillas[FOV_LON]) * np.cos(psi) + (ys - hillas[FOV_LAT]) * np.sin(psi)
+        out[TIMING_AT:TIMING_AT + 3] = lts_timing(longi, times, draws)
+        out[PEAK_TIME_AT:PEAK_TIME_AT + 6] = describe(times)
+    return True, out
 
 
 def default_parameters() -> dict:
@@ -227,34 +182,34 @@ def default_parameters() -> dict:
     return out
 
 
-def image_parameters(image, peak_time, mask, geom: CameraFrameGeometry, rng=None) -> dict:
-    """All DL1 parameters of one cleaned image (see module docstring); ``rng`` for the LTS fit."""
-    mask = np.asarray(mask, dtype=np.bool_)
-    selected = np.asarray(image)[mask]
-    if not (selected.sum() > 0 and selected.size > 1):
+def image_parameters(image, peak_time, mask, geom: CameraFrameGeometry, draws=LTS_DRAWS) -> dict:
+    """All DL1 parameters of one cleaned image (see module docstring); ``draws`` for the LTS fit."""
+    image = np.asarray(image)
+    ok, values = image_kernel(image, image if peak_time is None else np.asarray(peak_time),
+                              peak_time is not None, np.asarray(mask, dtype=np.bool_), geom.x,
+                              geom.y, geom.area, geom.width, geom.indptr, geom.indices,
+                              geom.border1, geom.border2, draws)
+    if not ok:
         return default_parameters()
-    w = selected.astype(np.float64)
-    x, y = geom.x[mask], geom.y[mask]
-    hillas = hillas_kernel(x, y, geom.area[mask], w)
-    out = dict(zip(HILLAS_FIELDS, hillas.tolist(), strict=True))
-    out.update(zip(LEAKAGE_FIELDS, leakage_kernel(image, mask, geom.border1, geom.border2).tolist(),
-                   strict=True))
-    out.update(zip(CONCENTRATION_FIELDS,
-                   concentration_kernel(x, y, w, geom.width[mask], hillas).tolist(), strict=True))
-    counts = morphology_kernel(mask, geom.indptr, geom.indices).tolist()
-    out.update(zip(MORPHOLOGY_FIELDS, counts, strict=True))
-    out.update(zip((f"intensity_{s}" for s in STAT_NAMES), describe(w).tolist(), strict=True))
-    if peak_time is None:
-        out.update(dict.fromkeys(TIMING_FIELDS + tuple(f"peak_time_{s}" for s in STAT_NAMES),
-                                 np.nan))
-        return out
-    times = np.asarray(peak_time)[mask].astype(np.float64)
-    psi = np.deg2rad(hillas[PSI])
-    longi = (x - hillas[FOV_LON]) * np.cos(psi) + (y - hillas[FOV_LAT]) * np.sin(psi)
-    rng = np.random.default_rng(LTS_SEED) if rng is None else rng
-    out.update(zip(TIMING_FIELDS, lts_timing(longi, times, rng).tolist(), strict=True))
-    out.update(zip((f"peak_time_{s}" for s in STAT_NAMES), describe(times).tolist(), strict=True))
+    out = dict(zip(FIELDS, values.tolist(), strict=True))
+    for key in MORPHOLOGY_FIELDS:
+        out[key] = int(out[key])
     return out
+
+
+def _warm_up() -> None:
+    """Compile (or load from the cache) the kernel for writable and read-only float32 inputs."""
+    camera = {"pix_x": np.array([0.0, 0.1, 0.2]), "pix_y": np.array([0.0, 0.05, 0.0]),
+              "pix_area": np.full(3, 0.01), "pix_type": "hexagon",
+              "neighbors_indptr": np.array([0, 1, 3, 4]), "neighbors_indices": np.array([1, 0, 2, 1])}
+    geom = CameraFrameGeometry.from_camera(camera, 10.0)
+    for writeable in (True, False):
+        image = np.array([10.0, 20.0, 5.0], np.float32)
+        times, mask = np.array([1.0, 2.0, 3.0], np.float32), np.ones(3, bool)
+        for array in (image, times, mask):
+            array.flags.writeable = writeable
+        image_parameters(image, times, mask, geom)
+        image_parameters(image, None, mask, geom)
 
 
 class ImageParameters(Stager):
@@ -265,15 +220,7 @@ class ImageParameters(Stager):
 
     def setup(self) -> None:
         self._geometries: dict = {}
-        self._rng = np.random.default_rng(LTS_SEED)
-        self._rng_state = self._rng.bit_generator.state
-        camera = {"pix_x": np.array([0.0, 0.1, 0.2]), "pix_y": np.array([0.0, 0.05, 0.0]),
-                  "pix_area": np.full(3, 0.01), "pix_type": "hexagon",
-                  "neighbors_indptr": np.array([0, 1, 3, 4]),
-                  "neighbors_indices": np.array([1, 0, 2, 1])}
-        geom = CameraFrameGeometry.from_camera(camera, 10.0)
-        image_parameters(np.array([10.0, 20.0, 5.0], np.float32), np.array([1.0, 2.0, 3.0],
-                         np.float32), np.ones(3, bool), geom, self._rng)
+        _warm_up()
 
     def geometry(self, tel_id: int) -> CameraFrameGeometry:
         if tel_id not in self._geometries:
@@ -286,8 +233,6 @@ class ImageParameters(Stager):
         for tel_id, data in event.get("tels", {}).items():
             if "mask" not in data:
                 continue
-            self._rng.bit_generator.state = self._rng_state
             data["params"] = {**data.get("params", {}), **image_parameters(
-                data["image"], data.get("peak_time"), data["mask"], self.geometry(tel_id),
-                self._rng)}
+                data["image"], data.get("peak_time"), data["mask"], self.geometry(tel_id))}
         return event

@@ -81,7 +81,8 @@ def compare(ours: dict, ref: dict, rtol=1e-4, atol=1e-9):
         if key in TIMING and ref["morphology_n_pixels"] <= 3:
             # quirk: with 3 pixels the LTS fits 2 points, every pair fits exactly, and ctapipe
             # keeps the pair whose residual rounding noise (~1e-28) is smallest: ill-defined, so
-            # only "both fitted" is checked (2 pixels: both NaN, the 1-point refit is singular).
+            # only "both fitted" is checked (2 pixels: NaN unless rounding makes a 1-point refit
+            # non-singular; test_lts_timing_matches_ctapipe_regression checks those bit for bit).
             assert np.isnan(a) == np.isnan(b), key
             continue
         if key == "hillas_psi" and abs(abs(a - b) - 180) < 1e-3:  # +-90 deg is one axis
@@ -178,3 +179,48 @@ def test_report_max_relative_differences():
     """Prints the largest relative difference per field seen above (for the project log)."""
     print("max relative difference vs ctapipe:",
           {k: f"{v:.1e}" for k, v in sorted(MAX_REL.items())})
+
+
+def test_lts_draws_are_numbas_generator_integers():
+    """The fixed uint32 stream + Lemire reproduce ``default_rng(0).integers`` inside numba."""
+    from numba import njit
+
+    from stages.timing import LTS_DRAWS, bounded_draw
+
+    @njit
+    def from_generator(rng, n, k):
+        return np.array([rng.integers(0, n - (i % 2)) for i in range(k)])
+
+    @njit
+    def from_stream(draws, n, k):
+        out, cursor = np.empty(k, np.int64), 0
+        for i in range(k):
+            out[i], cursor = bounded_draw(draws, cursor, n - (i % 2))
+        return out
+
+    for n in [*range(2, 300), 2**31 + 7, 2**32 - 5]:
+        np.testing.assert_array_equal(from_stream(LTS_DRAWS, n, 10),
+                                      from_generator(np.random.default_rng(0), n, 10))
+
+
+def test_lts_timing_matches_ctapipe_regression():
+    """Bit-identical to ctapipe's LTS for <= 3 points (including 2-point fits whose 1-point refit
+    is not singular by rounding: ctapipe refits from the NaN residuals, so do we), 1e-6 above."""
+    from ctapipe.fitting import lts_linear_regression
+
+    from stages.timing import LTS_DRAWS, lts_timing
+
+    rng = np.random.default_rng(3)
+    n_finite = 0
+    for case in range(600):
+        n = int(rng.integers(2, 4)) if case % 2 else int(rng.integers(4, 60))
+        x = rng.normal(size=n) * rng.choice([0.01, 0.3, 3.0])
+        y = (rng.normal() * x + rng.normal(size=n) * 0.3 + 100).astype(np.float32).astype(float)
+        ref, _ = lts_linear_regression(x, y, samples=5, rng=np.random.default_rng(0))
+        ours = lts_timing(x, y, LTS_DRAWS)[:2]
+        if n <= 3:
+            np.testing.assert_array_equal(ours, ref)
+            n_finite += n == 2 and np.isfinite(ref[0])
+        else:
+            np.testing.assert_allclose(ours, ref, rtol=1e-6, atol=1e-9)
+    assert n_finite >= 1
