@@ -24,7 +24,7 @@ import numpy as np
 
 from flow.errors import ProtocolError
 
-__all__ = ["encode", "decode", "encoded_size"]
+__all__ = ["encode", "decode", "encoded_size", "configure_shm"]
 
 # msgpack ext codes (see docs/codec.md)
 EXT_NDARRAY_INLINE = 1  # dtype:4s ndim:u32 shape:u64[ndim] raw-bytes
@@ -33,6 +33,8 @@ EXT_NUMPY_SCALAR = 3  # dtype:4s raw-bytes(itemsize)
 EXT_QUANTITY = (
     4  # ulen:u16 unit-utf8 kind:u8 (1 or 2) pad-to-8, then the array payload of that kind
 )
+
+EXT_NDARRAY_SHM = 5  # dtype:4s ndim:u32 shape:u64[ndim] offset:u64 nlen:u16 name (flow/shm.py)
 
 MAX_NDIM = 32
 MAX_DEPTH = 256  # nesting of dicts/lists accepted by encode
@@ -82,6 +84,27 @@ def _array_payload(arr: np.ndarray, frames: list, inline_max: int, prefix: bytes
     return EXT_NDARRAY_FRAME, head + _U32.pack(len(frames) - 1)
 
 
+def _shm_payload(arr: np.ndarray, refs: list) -> bytes:
+    """An array in shared memory (flow/shm.py): its segment name and offset, no data."""
+    if not arr.flags.c_contiguous:
+        arr = arr.copy(order="C")
+    name, offset = _shm_store.put(arr)
+    refs.append(f"{name}:{arr.nbytes}")
+    nb = name.encode()
+    return (_ND_HEAD.pack(_DTYPE_CODE[arr.dtype], arr.ndim) + _SHAPES[arr.ndim].pack(*arr.shape)
+            + struct.pack("<QH", offset, len(nb)) + nb)
+
+
+_shm_store = None  # flow.shm.ShmStore of this process, set by configure_shm
+
+
+def configure_shm(store) -> None:
+    """Let `encode(..., refs=[...])` put arrays of ``store.threshold`` bytes or more in shared
+    memory, and `decode` map them (None: plain frames only, and shared-memory payloads rejected)."""
+    global _shm_store
+    _shm_store = store
+
+
 def _quantity_payload(q, frames: list, inline_max: int) -> bytes:
     s = _UNIT_TO_STR.get(q.unit) or _unit_string(q.unit)
     arr = q.view(np.ndarray)
@@ -117,11 +140,15 @@ class _Encoder:
     def __init__(self):
         self.frames: list = []
         self.inline_max = 0
+        self.refs: list | None = None  # shared-memory references of the call, when enabled
         self.packer = msgpack.Packer(default=self.default, use_bin_type=True, strict_types=True)
 
     def default(self, obj: Any) -> Any:
         t = type(obj)
         if t is np.ndarray:
+            if self.refs is not None and obj.nbytes >= _shm_store.threshold \
+                    and obj.dtype in _DTYPE_CODE and obj.ndim <= MAX_NDIM:
+                return msgpack.ExtType(EXT_NDARRAY_SHM, _shm_payload(obj, self.refs))
             return msgpack.ExtType(*_array_payload(obj, self.frames, self.inline_max))
         if t is tuple:
             return list(obj)
@@ -174,7 +201,7 @@ def _encoder() -> _Encoder:
         return _local.encoder
 
 
-def encode(obj: Any, *, inline_max: int = 1024) -> list:
+def encode(obj: Any, *, inline_max: int = 1024, refs: list | None = None) -> list:
     """Frames ``[header, buf1, ...]`` for `obj`; arrays over `inline_max` bytes get their own frame.
 
     Frame buffers are memoryviews of the caller's arrays (no copy): do not modify those arrays until
@@ -185,6 +212,7 @@ def encode(obj: Any, *, inline_max: int = 1024) -> list:
     enc = _encoder()
     frames = enc.frames = [b""]
     enc.inline_max = inline_max
+    enc.refs = refs if _shm_store is not None else None
     try:
         frames[0] = enc.packer.pack(obj)
     except Exception as exc:
@@ -192,6 +220,7 @@ def encode(obj: Any, *, inline_max: int = 1024) -> list:
         raise _explain(obj, exc) from None
     finally:
         enc.frames = []
+        enc.refs = None
     return frames
 
 
@@ -289,9 +318,10 @@ class _Decoder:
     def __init__(self):
         self.frames: Sequence = ()
         self.next = 1
+        self.shm = None
 
     def ext_hook(self, code: int, data: bytes) -> Any:
-        if code == EXT_NDARRAY_INLINE or code == EXT_NDARRAY_FRAME:
+        if code == EXT_NDARRAY_INLINE or code == EXT_NDARRAY_FRAME or code == EXT_NDARRAY_SHM:
             return self.array(code, data, 0)
         if code == EXT_NUMPY_SCALAR:
             dt = _dtype(data[:4])
@@ -325,6 +355,17 @@ class _Decoder:
             if len(buf) != count * dt.itemsize:
                 raise ProtocolError(f"frame {index}: length does not match shape and dtype")
             arr = np.frombuffer(buf, dt)
+        elif code == EXT_NDARRAY_SHM:
+            offset, nlen = struct.unpack_from("<QH", data, off)
+            if off + 10 + nlen != len(data):
+                raise ProtocolError("shared-memory reference: wrong length")
+            if self.shm is None:
+                raise ProtocolError("shared-memory payload where none is expected (another host?)")
+            seg = self.shm.attach(data[off + 10:].decode())
+            nbytes = count * dt.itemsize
+            if offset + nbytes > len(seg):
+                raise ProtocolError("shared-memory reference beyond its segment")
+            arr = np.frombuffer(seg[offset:offset + nbytes], dt)
         else:
             raise ProtocolError(f"quantity: unknown array kind {code}")
         if ndim != 1:
@@ -397,7 +438,8 @@ def _decoder() -> _Decoder:
         return _local.decoder
 
 
-def decode(frames: Sequence, *, max_frames: int = 10_000, max_header: int = 64 << 20) -> Any:
+def decode(frames: Sequence, *, max_frames: int = 10_000, max_header: int = 64 << 20,
+           shm=None) -> Any:
     """The value encoded in `frames`; raises `ProtocolError` (only) when they are not a valid payload.
 
     Arrays sent in their own frame are zero-copy views of that frame; all arrays are read-only.
@@ -415,6 +457,7 @@ def decode(frames: Sequence, *, max_frames: int = 10_000, max_header: int = 64 <
         if len(header) > max_header:
             raise ProtocolError(f"header of {len(header)} bytes exceeds max_header={max_header}")
         dec.frames, dec.next = frames, 1
+        dec.shm = shm if shm is not None else _shm_store
         obj = msgpack.unpackb(
             header,
             ext_hook=dec.ext_hook,
@@ -437,6 +480,7 @@ def decode(frames: Sequence, *, max_frames: int = 10_000, max_header: int = 64 <
         raise ProtocolError(f"malformed payload: {type(exc).__name__}: {exc}") from None
     finally:
         dec.frames = ()
+        dec.shm = None
 
 
 def _reject_timestamps(obj: Any, depth: int) -> None:

@@ -30,6 +30,7 @@ class DeadLetter:
     frames: tuple[bytes, ...]
     graph: str | None = None
     time: float = 0.0
+    segments: dict | None = None     # shared-memory segments the event referenced, by name
 
 
 def _frame_bytes(frame) -> bytes:
@@ -46,7 +47,7 @@ class DeadLetterFile:
         self._fh = None
 
     def write(self, key: str, path: str, step: str, exception: str, traceback: str,
-              attempts: int, frames) -> None:
+              attempts: int, frames, segments: dict[str, bytes] | None = None) -> None:
         if self._fh is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._fh = open(self.path, "a", encoding="utf-8")
@@ -54,6 +55,8 @@ class DeadLetterFile:
         record = {"key": key, "path": path, "step": step, "exception": exception,
                   "traceback": traceback, "attempts": attempts, "time": time.time(),
                   "graph": self.graph_file, "payload": base64.b64encode(payload).decode("ascii")}
+        if segments:  # shared-memory payloads (flow/shm.py) are saved: the segments do not outlive
+            record["shm"] = {k: base64.b64encode(v).decode("ascii") for k, v in segments.items()}
         self._fh.write(json.dumps(record) + "\n")
         self._fh.flush()
         self.count += 1
@@ -81,6 +84,8 @@ def read_dead_letters(path: str | Path) -> Iterator[DeadLetter]:
                                  traceback=rec.get("traceback", ""),
                                  attempts=int(rec.get("attempts", 0)),
                                  frames=tuple(frames), graph=rec.get("graph"),
-                                 time=rec.get("time", 0.0))
+                                 time=rec.get("time", 0.0),
+                                 segments={k: base64.b64decode(v)
+                                           for k, v in rec.get("shm", {}).items()} or None)
             except (ValueError, KeyError, TypeError) as exc:
                 raise DataError(f"{path}:{lineno}: malformed dead-letter record ({exc})") from None

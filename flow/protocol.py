@@ -134,7 +134,7 @@ def check_items(items: Any, width: int, deep: bool = True) -> list:
             continue
         sizes = item[-1]
         if type(sizes) is not list or not sizes or \
-                not all(type(n) is int and n >= -1 for n in sizes):
+                not all((type(n) is int and n >= -1) or type(n) is str for n in sizes):
             raise ProtocolError(f"malformed frame sizes in item {item!r:.80}")
     return items
 
@@ -145,12 +145,15 @@ def pack_payloads(payloads) -> tuple[list, list]:
     Frames up to `SMALL_MAX` bytes are concatenated into one blob (one ZeroMQ frame for a whole
     batch of small events: pyzmq's per-frame cost dominated small events); larger frames travel as
     their own frames without a copy. A size ``n >= 0`` is the next ``n`` bytes of the blob, ``-1``
-    the next big frame.
+    the next big frame, a string ``"name:nbytes"`` a shared-memory segment the event references.
     """
     small, big, specs = [], [], []
     for frames in payloads:
         spec = []
         for f in frames:
+            if type(f) is str:  # a shared-memory reference "name:nbytes" (flow/shm.py): no bytes
+                spec.append(f)
+                continue
             n = len(f)
             if n <= SMALL_MAX:
                 small.append(f)
@@ -167,7 +170,8 @@ def repack(items) -> tuple[list, list]:
     small, big = [], []
     for parts, sizes in items:
         for p, n in zip(parts, sizes):
-            (small if n >= 0 else big).append(p)
+            if type(n) is not str:
+                (small if n >= 0 else big).append(p)
     return [b"".join(small), *big]
 
 
@@ -182,7 +186,9 @@ def unpack_payloads(sizes_per_event, frames: list) -> list[list]:
     for sizes in sizes_per_event:
         parts = []
         for n in sizes:
-            if n >= 0:
+            if type(n) is str:
+                parts.append(n)  # a shared-memory reference travels in the envelope only
+            elif n >= 0:
                 parts.append(blob[pos:pos + n])
                 pos += n
             else:

@@ -15,6 +15,7 @@ from .deadletter import read_dead_letters
 from .errors import ConfigError
 from .graph import Graph, StepSpec
 from .params import REQUIRED, Param
+from .shm import BytesShm
 from .step import Keyed, Producer, To
 
 
@@ -25,7 +26,8 @@ class ReplaySource(Producer):
 
     def process(self) -> Iterator[Keyed]:
         for dl in read_dead_letters(self.path):
-            yield Keyed(dl.key, To(dl.step, codec.decode(list(dl.frames))))
+            shm = BytesShm(dl.segments) if dl.segments else None
+            yield Keyed(dl.key, To(dl.step, codec.decode(list(dl.frames), shm=shm)))
 
     def total(self) -> int:
         return sum(1 for _ in read_dead_letters(self.path))

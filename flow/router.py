@@ -22,6 +22,7 @@ from .deadletter import DeadLetterFile
 from .errors import ProtocolError, RunError, StepError
 from .graph import Graph, StepSpec
 from .launcher import Handle, LocalLauncher
+from .shm import ShmStore, ref_name, ref_size
 
 log = logging.getLogger("flow.router")
 
@@ -37,15 +38,26 @@ class Batch:
     frames: list
     nbytes: int
     attempts: int = 0
+    shm: tuple = ()                  # shared-memory references "name:nbytes" of its events
 
     def split(self) -> list[Batch]:
         """One single-event batch per item (same attempts)."""
         payloads = P.unpack_payloads([it[-1] for it in self.items], self.frames)
-        return [Batch([it], P.repack([(parts, it[-1])]), sum(len(f) for f in parts), self.attempts)
-                for it, parts in zip(self.items, payloads)]
+        out = []
+        for it, parts in zip(self.items, payloads):
+            refs = tuple(p for p in parts if type(p) is str)
+            out.append(Batch([it], P.repack([(parts, it[-1])]), _parts_size(parts),
+                             self.attempts, refs))
+        return out
 
     def event_frames(self, index: int) -> list:
-        return P.unpack_payloads([it[-1] for it in self.items], self.frames)[index]
+        """The frames of event ``index`` (without its shared-memory references)."""
+        parts = P.unpack_payloads([it[-1] for it in self.items], self.frames)[index]
+        return [p for p in parts if type(p) is not str]
+
+
+def _parts_size(parts) -> int:
+    return sum(ref_size(p) if type(p) is str else len(p) for p in parts)
 
 
 @dataclass
@@ -154,6 +166,8 @@ class Router:
         self.use_specs = use_specs or {}
         self.publisher = None
         self.agents: set[bytes] = set()
+        self.shm_store: ShmStore | None = None    # set by enable_shm
+        self.shm_refs: dict[str, int] = {}
         self.extra_sockets: dict = {}
         self.steps: dict[str, StepState] = {}
         for i, spec in enumerate(graph.steps):
@@ -185,6 +199,11 @@ class Router:
         self._aborting_t = 0.0
         self._next_tick = time.monotonic()
         self._next_check = time.monotonic()
+
+    def enable_shm(self, prefix: str, threshold: int) -> None:
+        """Large arrays travel through shared memory (flow/shm.py); only for local workers."""
+        self.shm_store = ShmStore(prefix, threshold)
+        self.shm_store.cleanup()
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -260,6 +279,9 @@ class Router:
                 w.handle.join(max(0.0, deadline - time.monotonic()))
                 w.handle.kill()
         self.dead_letter.close()
+        if self.shm_store is not None:
+            self.shm_store.cleanup()
+            self.shm_refs.clear()
         self.sock.close(0)
         if self.security is not None:
             self.security.stop()
@@ -380,14 +402,16 @@ class Router:
                "use": self.use_specs.get(spec.name, spec.use if isinstance(spec.use, str) else ""),
                "params": dict(spec.params), "targets": list(st.targets),
                "heartbeat_s": self.opts.heartbeat_s, "liveness": self.opts.liveness,
-               "batch_max": self.opts.batch_max, "replacement": st.spawned > 1}
+               "batch_max": self.opts.batch_max, "replacement": st.spawned > 1,
+               "shm": ({"prefix": self.shm_store.prefix, "threshold": self.shm_store.threshold}
+                       if self.shm_store is not None else None)}
         self._send(w, P.CONFIG, env, self.context_frames)
 
     def on_produce(self, w: WorkerState, msg: P.Message) -> None:
         st = self.steps[w.step]
         items = P.check_items(msg.envelope.get("out"), 4, deep=False)
         w.credit_out = max(0, w.credit_out - 1)
-        n = self.enqueue_outputs(st, items, msg.frames)
+        n = self.enqueue_outputs(st, items, msg.frames, self._refs(msg))
         w.done += n
         st.n_out += n
         self.produced += n
@@ -427,7 +451,8 @@ class Router:
             st.latencies.extend([busy / n] * min(n, 16))
         if st.kind == "consumer":
             st.n_dups += int(msg.envelope.get("dups", 0))
-        st.n_out += self.enqueue_outputs(st, out, msg.frames)
+        st.n_out += self.enqueue_outputs(st, out, msg.frames, self._refs(msg))
+        self.hold(batch, -1)
         self.last_event_t = time.monotonic()
         if w.state == "retiring" and not w.leases:
             self._send(w, P.STOP, {"teardown": True})
@@ -460,14 +485,15 @@ class Router:
             self._send(w, P.STOP, {})
 
     # -- queues ------------------------------------------------------------------------------
-    def enqueue_outputs(self, src: StepState, items: list, frames: list) -> int:
+    def enqueue_outputs(self, src: StepState, items: list, frames: list, shm=None) -> int:
         """Queue a worker's outputs at the downstream steps: the whole batch to every target when
         nothing was routed explicitly (the common case: no per-event work here), else per target."""
         if not items:
             return 0
         if all(not it[2] for it in items):
-            nbytes = sum(len(f) for f in frames)
-            routes = [(t, items, frames, nbytes) for t in src.targets]
+            refs = tuple(shm) if shm else ()
+            nbytes = sum(len(f) for f in frames) + sum(map(ref_size, refs))
+            routes = [(t, items, frames, nbytes, refs) for t in src.targets]
         else:
             payloads = P.unpack_payloads([it[3] for it in items], frames)
             groups: dict[str, list] = {}
@@ -480,14 +506,39 @@ class Router:
             routes = []
             for t, group in groups.items():
                 fr = P.repack((parts, it[3]) for it, parts in group)
-                routes.append((t, [it for it, _ in group], fr, sum(len(f) for f in fr)))
-        for t, its, fr, nbytes in routes:
-            if self.taps:
+                refs = tuple(p for _, parts in group for p in parts if type(p) is str)
+                routes.append((t, [it for it, _ in group], fr,
+                               sum(len(f) for f in fr) + sum(map(ref_size, refs)), refs))
+        for t, its, fr, nbytes, refs in routes:
+            if self.taps and not refs:
                 self._maybe_sample(src, t, its, fr)
             dst = self.steps[t]
-            dst.push(Batch(its, fr, nbytes))
+            batch = Batch(its, fr, nbytes, 0, refs)
+            self.hold(batch, +1)
+            dst.push(batch)
             dst.n_in += len(its)
         return len(items)
+
+    def hold(self, batch: Batch, k: int) -> None:
+        """Count (k=+1) or release (k=-1) a queued or leased batch's shared-memory segments; a
+        segment no batch references any more is unlinked."""
+        for ref in batch.shm:
+            name = ref_name(ref)
+            n = self.shm_refs.get(name, 0) + k
+            if n > 0:
+                self.shm_refs[name] = n
+            else:
+                self.shm_refs.pop(name, None)
+                self.shm_store.unlink(name)
+
+    def _refs(self, msg: P.Message) -> tuple:
+        refs = msg.envelope.get("shm")
+        if refs is None:
+            return ()
+        if self.shm_store is None or type(refs) is not list or \
+                not all(type(r) is str and r.startswith(self.shm_store.prefix) for r in refs):
+            raise ProtocolError("unexpected shared-memory references")
+        return tuple(refs)
 
     def _maybe_sample(self, src: StepState, t: str, items: list, frames: list) -> None:
         due = self.taps.get((src.spec.name, t))
@@ -501,12 +552,14 @@ class Router:
         st.errors += 1
         if single.attempts < self.opts.max_retries:
             st.retries += 1
+            self.hold(single, +1)
             st.push(single, front=True)
         else:
             st.dead += 1
             key, path = single.items[0][0], single.items[0][1]
+            segments = {ref_name(r): self.shm_store.read(ref_name(r)) for r in single.shm}
             self.dead_letter.write(key, path, st.spec.name, exc, tb, single.attempts,
-                                   single.event_frames(0))
+                                   single.event_frames(0), segments)
             log.warning("dead letter: step '%s' key %s after %d attempts: %s",
                         st.spec.name, key, single.attempts, exc)
 
@@ -530,9 +583,11 @@ class Router:
                     singles = batch.split() if len(batch.items) > 1 else [batch]
                 except ProtocolError as exc:
                     self.dead_letter_batch(st, batch, f"ProtocolError: {exc}")
+                    self.hold(batch, -1)
                     continue
                 for single in reversed(singles):
                     self.retry_or_dead_letter(st, single, reason, "")
+                self.hold(batch, -1)
             else:
                 st.push(batch, front=True)
 
@@ -596,7 +651,7 @@ class Router:
                 blobs = [b.frames[0] for b in parts]
                 bigs = [f for b in parts for f in b.frames[1:]]
                 batch = Batch([it for b in parts for it in b.items], [b"".join(blobs), *bigs],
-                              nbytes)
+                              nbytes, 0, tuple(r for b in parts for r in b.shm))
         lease_id = next(self.lease_ids)
         w.leases[lease_id] = (batch, time.monotonic())
         self._send(w, P.DATA, {"lease": lease_id, "items": batch.items}, batch.frames)

@@ -117,6 +117,9 @@ def _run_router(graph: Graph, context: dict, total: int | None, options: RunOpti
                     dead_letter=DeadLetterFile(graph.router.dead_letter, graph.file),
                     ctx=ctx, keys_dir=options.keys_dir,
                     use_specs={s.name: use_spec(s.use) for s in graph.steps})
+    from . import shm
+    if graph.router.shm_threshold > 0 and endpoint.startswith("ipc://") and shm.available():
+        router.enable_shm(f"flow-{run_id}-", graph.router.shm_threshold)
     publisher = Publisher(ctx, graph, run_id, options.monitor, options.control,
                           run_dir / "control.token", context_frames, security=router.security,
                           stats_jsonl=options.stats_jsonl)

@@ -29,6 +29,13 @@ SEEN_MAX = 100_000         # (key, path) pairs a consumer remembers to drop rede
 BATCH_FLUSH_S = 0.005      # a producer sends a partial batch once its first event is this old
 
 
+def payload_size(frames: list) -> int:
+    """Bytes of an event's frames, shared-memory references included."""
+    from .shm import ref_size
+    return sum(ref_size(f) if type(f) is str else memoryview(f).nbytes if type(f) is not bytes
+               else len(f) for f in frames)
+
+
 class RecentSet:
     """A set that forgets its oldest members beyond ``maxlen`` (bounded memory on long runs).
 
@@ -84,6 +91,7 @@ class Worker:
         self.seen = RecentSet(SEEN_MAX)
         self.done_keys: set[str] = set()
         self._proc = None
+        self.use_shm = False
         self._last_stats = 0.0
 
     # -- sending ---------------------------------------------------------------------------
@@ -91,12 +99,23 @@ class Worker:
         P.Message(command, envelope or {}, frames or []).send(self.sock)
         self.last_sent = time.monotonic()
 
+    def encode(self, event) -> list:
+        """An event's frames, followed by its shared-memory references (when enabled)."""
+        if not self.use_shm:
+            return codec.encode(event)
+        refs: list = []
+        frames = codec.encode(event, refs=refs)
+        return frames + refs if refs else frames
+
     def send_outputs(self, command: bytes, envelope: dict, out: list, payloads: list) -> None:
         """Send outputs ``[key, path, target]`` with their encoded frames, small ones packed."""
         sizes, frames = P.pack_payloads(payloads)
         for entry, sz in zip(out, sizes):
             entry.append(sz)
         envelope["out"] = out
+        refs = [n for sz in sizes for n in sz if type(n) is str]
+        if refs:
+            envelope["shm"] = refs
         self.send(command, envelope, frames)
 
     def maybe_heartbeat(self) -> None:
@@ -155,6 +174,11 @@ class Worker:
         self.heartbeat_s = env.get("heartbeat_s", 1.0)
         self.liveness = env.get("liveness", 5)
         self.batch_max = env.get("batch_max", 64)
+        shm = env.get("shm")
+        if shm:
+            from .shm import ShmStore
+            codec.configure_shm(ShmStore(shm["prefix"], int(shm["threshold"])))
+            self.use_shm = True
         try:
             context = codec.decode(msg.frames) if msg.frames else {}
             obj = import_object(env["use"])
@@ -205,10 +229,10 @@ class Worker:
             t_first = 0.0
             try:
                 for key, target, event in outputs:
-                    f = codec.encode(event)
+                    f = self.encode(event)
                     out.append([key, path, target])
                     frames.append(f)
-                    nbytes += codec.encoded_size(f)
+                    nbytes += payload_size(f)
                     self.done += 1
                     now = time.perf_counter()
                     t_first = t_first or now
@@ -283,7 +307,7 @@ class Worker:
                     dups += 1
                     continue
             try:
-                event = codec.decode(frames)
+                event = codec.decode([f for f in frames if type(f) is not str])
                 if consumer:
                     self.step.key = key
                     self.step.process(event)
@@ -292,7 +316,7 @@ class Worker:
                     result = self.step.process(event)
                     routed = stager_outputs(result, key, self.step_name, self.targets)
                     new_path = path_after(path, self.step_index)
-                    encoded = [codec.encode(ev) for _, _, ev in routed]  # all or none
+                    encoded = [self.encode(ev) for _, _, ev in routed]  # all or none
                     out_frames.extend(encoded)
                     out.extend([k, new_path, target] for k, target, _ in routed)
                 self.done += 1

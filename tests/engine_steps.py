@@ -119,3 +119,31 @@ class Busy(Stager):
         while time.perf_counter() < end:
             pass
         return event
+
+
+class BlobSums(Consumer):
+    """Writes ``key sum(data) writeable`` per event to `path` (checks big payloads arrived intact)."""
+
+    path = Param(str, REQUIRED, "output file")
+
+    def setup(self) -> None:
+        self._f = open(self.path, "a", encoding="utf-8")
+
+    def process(self, event) -> None:
+        data = event["data"]
+        self._f.write(f"{self.key} {float(data.sum(dtype=np.float64))} {int(data.flags.writeable)}\n")
+        self._f.flush()
+
+    def teardown(self) -> None:
+        self._f.close()
+
+
+class FailOnBig(Stager):
+    """Raises for the listed i (dead letters carrying shared-memory payloads)."""
+
+    fail_on = Param(list, [], "values of i that fail")
+
+    def process(self, event):
+        if event["i"] in self.fail_on:
+            raise RuntimeError(f"FailOnBig: i={event['i']}")
+        return event

@@ -1,0 +1,130 @@
+"""flow.shm: large arrays through shared memory, their lifetime tied to the router's leases."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from flow import codec
+from flow.errors import ProtocolError
+from flow.replay import replay_graph
+from flow.run import RunOptions, run
+from flow.shm import SHM_DIR, ShmStore, available
+from flow.summary import EXIT_OK, EXIT_PARTIAL
+from tests.test_engine_e2e import load
+
+pytestmark = pytest.mark.skipif(not available(), reason="no writable /dev/shm on this system")
+
+
+def segments(prefix: str = "flow-") -> list[str]:
+    return [n for n in os.listdir(SHM_DIR) if n.startswith(prefix)]
+
+
+@pytest.fixture
+def store():
+    st = ShmStore(f"flow-test-{os.getpid()}-", 1 << 16)
+    codec.configure_shm(st)
+    yield st
+    codec.configure_shm(None)
+    st.cleanup()
+
+
+def test_round_trip_and_pass_through_without_copy(store):
+    a = np.arange(1 << 18, dtype=np.float64).reshape(512, 512)
+    refs: list = []
+    frames = codec.encode({"a": a, "small": np.arange(3)}, refs=refs)
+    assert len(frames) == 1 and len(refs) == 1 and refs[0].endswith(f":{a.nbytes}")
+    back = codec.decode(frames)
+    assert np.array_equal(back["a"], a) and not back["a"].flags.writeable
+    refs2: list = []
+    codec.encode({"rows": back["a"][100:], "all": back["a"]}, refs=refs2)
+    name = refs[0].rpartition(":")[0]
+    assert [r.rpartition(":")[0] for r in refs2] == [name, name]  # same segment: no new copy
+    assert len(segments(store.prefix)) == 1
+    assert store.cleanup() == 1 and not segments(store.prefix)
+
+
+def test_names_outside_the_run_are_refused(store):
+    other = ShmStore("flow-other-", 1 << 16)
+    with pytest.raises(ProtocolError, match="not of this run"):
+        store.attach("flow-other-1-0")
+    with pytest.raises(ProtocolError, match="not of this run"):
+        store.attach(f"{store.prefix}../../etc/passwd")
+    with pytest.raises(ProtocolError, match="does not exist"):
+        store.attach(f"{store.prefix}999-999")
+    assert other.prefix != store.prefix
+
+
+def test_decoding_shared_memory_without_a_store_is_rejected(store):
+    frames = codec.encode({"a": np.zeros(1 << 17)}, refs=[])
+    codec.configure_shm(None)
+    with pytest.raises(ProtocolError, match="shared-memory payload"):
+        codec.decode(frames)
+
+
+BIG = """
+name: shm
+steps:
+  - {name: read, use: "tests.engine_steps:Blobs", with: {n: 60, nbytes: 4194304}, to: [work]}
+  - {name: work, use: "tests.steps:AddOne", workers: 2, to: [write]}
+  - {name: write, use: "tests.engine_steps:BlobSums", with: {path: OUT/sums.txt}}
+router: {dead_letter: OUT/dl.jsonl, shm_threshold: 1048576}
+"""
+
+
+def test_big_events_travel_through_shared_memory_and_leave_nothing(tmp_path):
+    seen = []
+    stop = threading.Event()
+
+    def watch(router, publisher):
+        assert router.shm_store is not None
+        prefix = router.shm_store.prefix
+
+        def loop():
+            while not stop.wait(0.01):
+                seen.append(len(segments(prefix)))
+        threading.Thread(target=loop, daemon=True).start()
+        watch.prefix = prefix
+
+    try:
+        summary = run(load(tmp_path, BIG), RunOptions(quiet=True, run_dir=str(tmp_path / "r"),
+                                                     on_start=watch))
+    finally:
+        stop.set()
+    assert summary.exit_code == EXIT_OK
+    expected = float(np.arange(4194304 // 4, dtype=np.float32).sum(dtype=np.float64))
+    rows = [line.split() for line in (tmp_path / "sums.txt").read_text().splitlines()]
+    assert sorted(int(k) for k, _, _ in rows) == list(range(60))
+    assert all(float(s) == expected and w == "0" for _, s, w in rows)
+    assert max(seen) > 0, "segments existed during the run"
+    assert not segments(watch.prefix), "every segment was unlinked"
+
+
+def test_dead_letters_keep_shared_memory_payloads_and_replay_them(tmp_path):
+    graph = load(tmp_path, """
+        name: shm-dl
+        steps:
+          - {name: read, use: "tests.engine_steps:Blobs", with: {n: 10, nbytes: 2097152},
+             to: [check]}
+          - {name: check, use: "tests.engine_steps:FailOnBig", with: {fail_on: [4]}, to: [write]}
+          - {name: write, use: "tests.engine_steps:BlobSums", with: {path: OUT/sums.txt}}
+        router: {dead_letter: OUT/dl.jsonl, shm_threshold: 1048576, max_retries: 2}
+        """)
+    summary = run(graph, RunOptions(quiet=True, run_dir=str(tmp_path / "r")))
+    assert summary.exit_code == EXIT_PARTIAL
+    record = json.loads((tmp_path / "dl.jsonl").read_text())
+    assert record["key"] == "4" and record.get("shm")
+    fixed = replace(graph, steps=tuple(
+        replace(s, params=(("fail_on", []),)) if s.name == "check" else s for s in graph.steps))
+    again = run(replay_graph(fixed, str(tmp_path / "dl.jsonl")),
+                RunOptions(quiet=True, run_dir=str(tmp_path / "r2"), resume=True))
+    assert again.exit_code == EXIT_OK
+    rows = [line.split() for line in (tmp_path / "sums.txt").read_text().splitlines()]
+    expected = float(np.arange(2097152 // 4, dtype=np.float32).sum(dtype=np.float64))
+    assert sorted(int(k) for k, _, _ in rows) == list(range(10))
+    assert all(float(s) == expected for _, s, _ in rows)
