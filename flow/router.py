@@ -363,8 +363,11 @@ class Router:
         elif cmd == P.HELLO:
             self.on_hello(w, msg)
         elif cmd == P.READY:
-            w.state = "ready"
             self.steps[w.step].start_failures = 0
+            if w.state == "retiring":  # retired while starting: its STOP may not have reached it
+                self._send(w, P.STOP, {"teardown": True})
+            else:
+                w.state = "ready"
         elif cmd == P.EOS:
             st = self.steps[w.step]
             if st.kind == "producer":

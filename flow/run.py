@@ -155,11 +155,10 @@ def _run_router(graph: Graph, context: dict, total: int | None, options: RunOpti
     if not options.quiet:
         view.console.print(f"[dim]monitor {publisher.monitor_endpoint} · control "
                            f"{publisher.control_endpoint} · token {publisher.token_file}[/dim]")
-    gui_proc = None
     try:
         router.start()
         if options.gui:
-            gui_proc = _start_gui(publisher)
+            _start_gui(publisher)
         if callable(options.on_start):
             options.on_start(router, publisher)
         router.run()
@@ -169,8 +168,7 @@ def _run_router(graph: Graph, context: dict, total: int | None, options: RunOpti
             signal.signal(s, h)
         view.close()
         publisher.close()
-        if gui_proc is not None:
-            gui_proc.terminate()
+        # the GUI stays open on the finished run (it shows "finished · not running")
     summary = RunSummary(
         produced=router.produced,
         consumed={c.name: router.steps[c.name].n_done for c in graph.consumers},

@@ -260,10 +260,6 @@ def test_scale_from_gui_is_followed_by_the_router(qtbot, live, make_window):
                     timeout=WAIT_MS)                                   # and the run goes on
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "flow/router.py: retire() of a worker still 'starting' sends STOP before the worker has "
-    "connected (dropped: EHOSTUNREACH is ignored); its later READY sets it back to 'ready', so "
-    "the step keeps 2 workers with max 1"))
 def test_scale_down_while_a_worker_starts(qtbot, live, make_window):
     run = live(SLOW)
     window = make_window(run.monitor, run.control, run.token)
