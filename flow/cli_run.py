@@ -35,6 +35,19 @@ def _run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-scale", action="store_true",
                    help="keep every stager at its minimum worker count (no auto-scaling)")
     p.add_argument("--dead-letter", metavar="PATH", help="dead-letter file (default: router option)")
+    p.add_argument("--shard", metavar="I/N", type=_shard,
+                   help="run shard I of N: keep only the events whose key hashes to I mod N "
+                        "(N runs of the same graph, e.g. one per host, share the stream)")
+
+
+def _shard(text: str) -> tuple[int, int]:
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected I/N (e.g. 0/4), got {text!r}") from None
+    if not (n >= 1 and 0 <= i < n):
+        raise argparse.ArgumentTypeError(f"need 0 <= I < N, got {text!r}")
+    return i, n
 
 
 def _options(args: argparse.Namespace):
@@ -43,7 +56,7 @@ def _options(args: argparse.Namespace):
                       stats_jsonl=args.stats_jsonl, bind=args.bind, monitor=args.monitor,
                       control=args.control, keys_dir=args.keys, insecure=args.insecure,
                       resume=args.resume, gui=args.gui, metrics_port=args.metrics_port,
-                      scale=not args.no_scale)
+                      scale=not args.no_scale, shard=args.shard)
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -82,7 +82,10 @@ def run_inline(graph: Graph, context: dict | None = None, dead_letter: DeadLette
     for spec in graph.producers:
         step = steps[spec.name]
         step.setup()
-        producers.append((spec, step, iter(producer_outputs(step.process(), spec.name, spec.to))))
+        shard = context.get("flow.shard")
+        outputs = producer_outputs(step.process(), spec.name, spec.to,
+                                   shard=tuple(shard) if shard else None)
+        producers.append((spec, step, iter(outputs)))
     try:
         while producers and not stop():
             for entry in list(producers):

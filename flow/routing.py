@@ -7,6 +7,7 @@ consumers' de-duplication). A producer's event gets its `Keyed` key or ``"<step>
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -38,9 +39,13 @@ def _route(out: Any, key: str, step: str, targets: tuple[str, ...]) -> tuple[str
     return key, ALL, out
 
 
-def producer_outputs(events, step: str, targets: tuple[str, ...], start: int = 0
-                     ) -> Iterator[tuple[str, str, Any]]:
-    """Stream ``(key, target, event)`` from a producer's generator."""
+def producer_outputs(events, step: str, targets: tuple[str, ...], start: int = 0,
+                     shard: tuple[int, int] | None = None) -> Iterator[tuple[str, str, Any]]:
+    """Stream ``(key, target, event)`` from a producer's generator.
+
+    With ``shard=(i, n)`` only the events whose key hashes to ``i`` modulo ``n`` are kept: ``n``
+    independent runs (routers) of the same graph then share the stream without overlap.
+    """
     n = start
     for ev in events:
         if ev is None:
@@ -50,7 +55,15 @@ def producer_outputs(events, step: str, targets: tuple[str, ...], start: int = 0
         else:
             key = f"{step}:{n}"
         n += 1
+        if shard is not None and in_shard(key, shard) is False:
+            continue
         yield _route(ev, key, step, targets)
+
+
+def in_shard(key: str, shard: tuple[int, int]) -> bool:
+    """Whether ``key`` belongs to shard ``(i, n)`` (a stable hash: crc32 of the key)."""
+    i, n = shard
+    return zlib.crc32(key.encode()) % n == i
 
 
 def path_after(path: str, step_index: int) -> str:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from . import codec
 from .deadletter import DeadLetterFile
+from .errors import ConfigError
 from .graph import Graph, resolve_use
 from .inline import run_inline
 from .step import instantiate
@@ -40,6 +41,7 @@ class RunOptions:
     run_dir: str | None = None
     scale: bool = True
     print_summary: bool = True              # the end-of-run table (also with quiet)
+    shard: tuple[int, int] | None = None    # (i, n): this run keeps the keys hashing to i mod n
     on_start: object = None                 # callback(router, publisher) once sockets are bound
 
 
@@ -49,7 +51,8 @@ def use_spec(obj) -> str:
     return f"{obj.__module__}:{obj.__qualname__}"
 
 
-def prepare_context(graph: Graph, resume: bool = False) -> tuple[dict, int | None]:
+def prepare_context(graph: Graph, resume: bool = False, shard: tuple[int, int] | None = None
+                    ) -> tuple[dict, int | None]:
     """Instantiate each producer here once to collect its context and its total (if known)."""
     context: dict = {}
     total = 0
@@ -64,13 +67,20 @@ def prepare_context(graph: Graph, resume: bool = False) -> tuple[dict, int | Non
             total += n
     if resume:
         context["flow.resume"] = True
+    if shard is not None:
+        i, n = shard
+        if not (n >= 1 and 0 <= i < n):
+            raise ConfigError(f"shard {i}/{n}: need 0 <= I < N", hint="e.g. --shard 0/4")
+        context["flow.shard"] = [i, n]
+        if known:  # about 1/n of the events (hash-based, so approximately)
+            total = (total + n - 1 - i) // n
     return context, (total if known else None)
 
 
 def run(graph: Graph, options: RunOptions | None = None) -> RunSummary:
     """Run ``graph`` to completion and return its summary (also written as JSON if asked)."""
     options = options or RunOptions()
-    context, total = prepare_context(graph, options.resume)
+    context, total = prepare_context(graph, options.resume, options.shard)
     if options.inline:
         summary = _run_inline(graph, context)
     else:

@@ -206,7 +206,9 @@ class Worker:
     def run_producer(self) -> None:
         credit = 0
         paused = False
-        outputs = producer_outputs(self.step.process(), self.step_name, self.targets)
+        shard = self.step.context.get("flow.shard")
+        outputs = producer_outputs(self.step.process(), self.step_name, self.targets,
+                                   shard=tuple(shard) if shard else None)
         path = str(self.step_index)
         while True:
             msg = self.recv(0 if credit > 0 and not paused else int(self.heartbeat_s * 1000))

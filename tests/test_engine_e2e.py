@@ -205,3 +205,24 @@ def test_summary_json_and_stats_jsonl(tmp_path):
     assert records and records[-1]["state"] == "finished"
     assert records[-1]["steps"]["write"]["done"] == 1000
     assert summary.exit_code == EXIT_OK
+
+
+@pytest.mark.parametrize("inline", [False, True])
+def test_shards_split_the_stream_without_overlap(tmp_path, inline):
+    text = """
+        name: shard
+        steps:
+          - {name: read, use: "tests.steps:Counter", with: {n: 400}, to: [write]}
+          - {name: write, use: "tests.steps:ListConsumer", with: {path: OUT/SHARD.jsonl}}
+        router: {dead_letter: OUT/dl.jsonl}
+        """
+    seen = []
+    for i in range(3):
+        (tmp_path / f"s{i}").mkdir()
+        summary = go(tmp_path / f"s{i}", text.replace("SHARD", f"part{i}"), inline=inline,
+                     shard=(i, 3))
+        assert summary.exit_code == EXIT_OK
+        seen.append(set(keys_by_step(tmp_path / f"s{i}" / f"part{i}.jsonl")))
+    assert all(40 < len(s) < 240 for s in seen)  # a hash split: about a third each
+    assert not (seen[0] & seen[1]) and not (seen[1] & seen[2]) and not (seen[0] & seen[2])
+    assert seen[0] | seen[1] | seen[2] == {str(i) for i in range(400)}
