@@ -158,7 +158,7 @@ COMMANDS: list[Command] = [
     Command(
         "show-config",
         "print every option in effect as commented YAML",
-        "flow show-config configs/demo.yaml --set clean.picture=8",
+        "flow show-config configs/demo.yaml --set clean.picture_thresh=8",
         _show_config_arguments,
         cmd_show_config,
     ),

@@ -51,7 +51,7 @@ class RouterOptions:
     queue_limit: int = _opt(1000, "events queued per step before upstream credit stops")
     queue_limit_bytes: int = _opt(256 << 20, "bytes queued per step before upstream credit stops")
     heartbeat_s: float = _opt(1.0, "seconds between heartbeats on the data sockets")
-    liveness: int = _opt(5, "missed heartbeats before a worker is declared dead")
+    liveness: int = _opt(10, "missed heartbeats before a worker is declared dead")
     max_retries: int = _opt(3, "failures of one event before it goes to the dead-letter file")
     stuck_timeout_s: float = _opt(60.0, "a worker busy on one event longer than this is killed")
     prefetch: int = _opt(4, "credit window per worker (messages in flight)")

@@ -682,7 +682,7 @@ class Router:
             st = self.steps[w.step]
             silent = now - w.last_seen
             limit = hb * self.opts.liveness
-            if w.leases:
+            if w.leases or st.kind == "producer":  # busy in `process` (a producer: in its reads)
                 limit = max(limit, self.opts.stuck_timeout_s)
             if w.state == "starting":
                 limit = max(limit, 120.0)
