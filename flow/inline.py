@@ -100,7 +100,7 @@ def run_inline(graph: Graph, context: dict | None = None, dead_letter: DeadLette
                 emit(spec.name, key, str(index[spec.name]), target, event)
                 run_queue()
     finally:
-        for spec, step, _ in producers:
+        for _spec, step, _ in producers:
             step.teardown()
         for spec in graph.steps:
             if spec.kind != "producer":

@@ -169,7 +169,7 @@ def repack(items) -> tuple[list, list]:
     """Like `pack_payloads` for ``(parts, sizes)`` pairs already split (the router's queued items)."""
     small, big = [], []
     for parts, sizes in items:
-        for p, n in zip(parts, sizes):
+        for p, n in zip(parts, sizes, strict=False):
             if type(n) is not str:
                 (small if n >= 0 else big).append(p)
     return [b"".join(small), *big]

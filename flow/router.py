@@ -26,6 +26,8 @@ from .shm import ShmStore, ref_name, ref_size
 
 log = logging.getLogger("flow.router")
 
+EXIT_GRACE_S = 0.25  # after a worker's process exits, time for its last messages to arrive
+
 
 @dataclass(slots=True)
 class Batch:
@@ -44,7 +46,7 @@ class Batch:
         """One single-event batch per item (same attempts)."""
         payloads = P.unpack_payloads([it[-1] for it in self.items], self.frames)
         out = []
-        for it, parts in zip(self.items, payloads):
+        for it, parts in zip(self.items, payloads, strict=False):
             refs = tuple(p for p in parts if type(p) is str)
             out.append(Batch([it], P.repack([(parts, it[-1])]), _parts_size(parts),
                              self.attempts, refs))
@@ -69,10 +71,12 @@ class WorkerState:
     handle: Handle | None = None
     pid: int = 0
     host: str = ""
-    state: str = "starting"          # starting, ready, retiring, eos, done, dead
+    state: str = "starting"          # starting, ready, retiring, eos, dying, done, dead
     leases: dict = field(default_factory=dict)     # lease id -> (Batch, t0)
     last_seen: float = field(default_factory=time.monotonic)
     last_sent: float = 0.0           # when the router last sent to it (heartbeats fill gaps)
+    exited_at: float = 0.0           # when its process was seen gone (state "dying")
+    died_state: str = ""             # its state then
     credit_out: int = 0              # producers: CREDIT granted and not yet used
     done: int = 0
     errors: int = 0
@@ -500,7 +504,7 @@ class Router:
         else:
             payloads = P.unpack_payloads([it[3] for it in items], frames)
             groups: dict[str, list] = {}
-            for it, parts in zip(items, payloads):
+            for it, parts in zip(items, payloads, strict=False):
                 for t in (src.targets if not it[2] else (it[2],)):
                     if t in src.targets:
                         groups.setdefault(t, []).append((it, parts))
@@ -687,6 +691,12 @@ class Router:
             if w.state == "starting":
                 limit = max(limit, 120.0)
             gone = w.handle is not None and not w.handle.alive()
+            if gone and w.state != "dying":
+                # its last ACKs may still be on their way: take them before judging its leases
+                w.died_state, w.state, w.exited_at = w.state, "dying", now
+                continue
+            if gone and now - w.exited_at < EXIT_GRACE_S:
+                continue
             if gone or silent > limit:
                 why = "process exited" if gone else f"silent for {silent:.1f} s"
                 self.on_worker_lost(w, why)
@@ -699,7 +709,7 @@ class Router:
                     w.id.decode(errors="replace"), w.step, why, len(w.leases))
         if w.handle is not None:
             w.handle.kill()
-        was_starting = w.state == "starting"
+        was_starting = "starting" in (w.state, w.died_state)
         self.requeue(w, count_attempt=True, reason=f"worker died ({why})")
         w.state = "dead"
         st.workers.pop(w.id, None)

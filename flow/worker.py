@@ -110,7 +110,7 @@ class Worker:
     def send_outputs(self, command: bytes, envelope: dict, out: list, payloads: list) -> None:
         """Send outputs ``[key, path, target]`` with their encoded frames, small ones packed."""
         sizes, frames = P.pack_payloads(payloads)
-        for entry, sz in zip(out, sizes):
+        for entry, sz in zip(out, sizes, strict=False):
             entry.append(sz)
         envelope["out"] = out
         refs = [n for sz in sizes for n in sz if type(n) is str]
@@ -302,7 +302,8 @@ class Worker:
         consumer = self.kind == "consumer"
         t0 = time.perf_counter()
         dups = 0
-        for index, ((key, path, _, _), frames) in enumerate(zip(items, payloads)):
+        pairs = zip(items, payloads, strict=False)
+        for index, ((key, path, _, _), frames) in enumerate(pairs):
             if consumer:
                 ident = (key, path)
                 if ident in self.seen or key in self.done_keys:

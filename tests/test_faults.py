@@ -9,9 +9,9 @@ import random
 import signal
 import subprocess
 import sys
+import textwrap
 import threading
 import time
-import textwrap
 
 import psutil
 
@@ -27,6 +27,23 @@ def counts(path) -> collections.Counter:
     return collections.Counter(r["key"] for r in read_jsonl(str(path)))
 
 
+def run_watching(graph, tmp_path, every_s: float, body, **options):
+    """Run ``graph`` while a thread calls ``body(router)`` every ``every_s`` seconds."""
+    stop = threading.Event()
+
+    def on_start(router, publisher):
+        def loop():
+            while not stop.wait(every_s):
+                body(router)
+        threading.Thread(target=loop, daemon=True).start()
+
+    try:
+        return run(graph, RunOptions(quiet=True, run_dir=str(tmp_path / "run"),
+                                     on_start=on_start, **options))
+    finally:
+        stop.set()
+
+
 def test_kill_9_random_workers_every_200ms_loses_nothing(tmp_path):
     graph = load(tmp_path, """
         name: kill
@@ -38,29 +55,21 @@ def test_kill_9_random_workers_every_200ms_loses_nothing(tmp_path):
         router: {dead_letter: OUT/dl.jsonl, max_retries: 50, heartbeat_s: 0.5}
         """)
     killed = []
-    stop = threading.Event()
+    rng = random.Random(1)
 
-    def killer(router, publisher):
-        def loop():
-            rng = random.Random(1)
-            while not stop.wait(0.2):
-                victims = [w for w in list(router.workers.values())
-                           if w.step in ("work", "add") and w.state == "ready"
-                           and w.handle is not None and w.handle.alive()]
-                if victims:
-                    v = rng.choice(victims)
-                    try:
-                        os.kill(v.handle.process.pid, signal.SIGKILL)
-                        killed.append(v.id)
-                    except ProcessLookupError:
-                        pass
-        threading.Thread(target=loop, daemon=True).start()
+    def kill_one(router):
+        victims = [w for w in list(router.workers.values())
+                   if w.step in ("work", "add") and w.state == "ready"
+                   and w.handle is not None and w.handle.alive()]
+        if victims:
+            v = rng.choice(victims)
+            try:
+                os.kill(v.handle.process.pid, signal.SIGKILL)
+                killed.append(v.id)
+            except ProcessLookupError:
+                pass
 
-    try:
-        summary = run(graph, RunOptions(quiet=True, run_dir=str(tmp_path / "run"),
-                                        on_start=killer))
-    finally:
-        stop.set()
+    summary = run_watching(graph, tmp_path, 0.2, kill_one)
     assert len(killed) >= 3, "the test must actually kill workers"
     c = counts(tmp_path / "out.jsonl")
     assert set(c) == {str(i) for i in range(5000)}
@@ -122,26 +131,18 @@ def test_rss_stays_bounded_with_4mb_events_into_a_slow_consumer(tmp_path):
     me = psutil.Process()
     base = me.memory_info().rss
     peak = {"router": 0, "workers": 0}
-    stop = threading.Event()
 
-    def sampler(router, publisher):
-        def loop():
-            while not stop.wait(0.05):
-                peak["router"] = max(peak["router"], me.memory_info().rss - base)
-                for w in list(router.workers.values()):
-                    try:
-                        if w.handle is not None and w.handle.alive():
-                            rss = psutil.Process(w.handle.process.pid).memory_info().rss
-                            peak["workers"] = max(peak["workers"], rss)
-                    except psutil.Error:
-                        pass
-        threading.Thread(target=loop, daemon=True).start()
+    def sample(router):
+        peak["router"] = max(peak["router"], me.memory_info().rss - base)
+        for w in list(router.workers.values()):
+            try:
+                if w.handle is not None and w.handle.alive():
+                    rss = psutil.Process(w.handle.process.pid).memory_info().rss
+                    peak["workers"] = max(peak["workers"], rss)
+            except psutil.Error:
+                pass
 
-    try:
-        summary = run(graph, RunOptions(quiet=True, run_dir=str(tmp_path / "run"),
-                                        on_start=sampler))
-    finally:
-        stop.set()
+    summary = run_watching(graph, tmp_path, 0.05, sample)
     assert summary.exit_code == EXIT_OK
     keys = (tmp_path / "keys.txt").read_text().split()
     assert sorted(keys, key=int) == [str(i) for i in range(80)]

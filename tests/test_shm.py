@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 from dataclasses import replace
 
 import numpy as np
@@ -17,6 +16,7 @@ from flow.run import RunOptions, run
 from flow.shm import SHM_DIR, ShmStore, available
 from flow.summary import EXIT_OK, EXIT_PARTIAL
 from tests.test_engine_e2e import load
+from tests.test_faults import run_watching
 
 pytestmark = pytest.mark.skipif(not available(), reason="no writable /dev/shm on this system")
 
@@ -79,23 +79,12 @@ router: {dead_letter: OUT/dl.jsonl, shm_threshold: 1048576}
 
 def test_big_events_travel_through_shared_memory_and_leave_nothing(tmp_path):
     seen = []
-    stop = threading.Event()
 
-    def watch(router, publisher):
-        assert router.shm_store is not None
-        prefix = router.shm_store.prefix
+    def watch(router):
+        watch.prefix = router.shm_store.prefix
+        seen.append(len(segments(watch.prefix)))
 
-        def loop():
-            while not stop.wait(0.01):
-                seen.append(len(segments(prefix)))
-        threading.Thread(target=loop, daemon=True).start()
-        watch.prefix = prefix
-
-    try:
-        summary = run(load(tmp_path, BIG), RunOptions(quiet=True, run_dir=str(tmp_path / "r"),
-                                                     on_start=watch))
-    finally:
-        stop.set()
+    summary = run_watching(load(tmp_path, BIG), tmp_path, 0.01, watch)
     assert summary.exit_code == EXIT_OK
     expected = float(np.arange(4194304 // 4, dtype=np.float32).sum(dtype=np.float64))
     rows = [line.split() for line in (tmp_path / "sums.txt").read_text().splitlines()]
