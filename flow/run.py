@@ -12,7 +12,7 @@ from pathlib import Path
 
 from . import codec
 from .deadletter import DeadLetterFile
-from .errors import ConfigError
+from .errors import ConfigError, RunError
 from .graph import Graph, resolve_use
 from .inline import run_inline
 from .step import instantiate
@@ -171,7 +171,13 @@ def _run_router(graph: Graph, context: dict, total: int | None, options: RunOpti
             _start_gui(publisher)
         if callable(options.on_start):
             options.on_start(router, publisher)
-        router.run()
+        try:
+            router.run()
+        except Exception as exc:  # a router bug: its workers are stopped by router.run's finally
+            log.exception("the router crashed")
+            raise RunError(f"the router crashed ({type(exc).__name__}: {exc}); the outputs hold "
+                           f"every acknowledged event: run again with --resume to complete the "
+                           f"run") from exc
         on_tick(router)
     finally:
         for s, h in old.items():

@@ -14,6 +14,7 @@ import threading
 import time
 
 import psutil
+import pytest
 
 from flow.run import RunOptions, run
 from flow.summary import EXIT_ABORTED, EXIT_OK, EXIT_PARTIAL
@@ -279,3 +280,65 @@ def test_killed_consumer_is_replaced_without_duplicates(tmp_path):
     assert set(c) == {str(i) for i in range(3000)}
     assert max(c.values()) == 1, "the replacement consumer skipped what the file already held"
     assert summary.exit_code == EXIT_OK
+
+
+def test_router_crash_is_a_clear_error_and_resume_completes(tmp_path, monkeypatch):
+    from flow.errors import RunError
+    from flow.router import Router
+
+    graph = load(tmp_path, """
+        name: crash
+        steps:
+          - {name: read, use: "tests.steps:Counter", with: {n: 3000}, to: [slow]}
+          - {name: slow, use: "tests.steps:Sleep", with: {ms: 1}, to: [write]}
+          - {name: write, use: "tests.steps:ListConsumer", with: {path: OUT/out.jsonl}}
+        router: {dead_letter: OUT/dl.jsonl, queue_limit: 100}
+        """)
+    real_on_ack = Router.on_ack
+    calls = {"n": 0}
+
+    def failing_on_ack(self, w, msg):
+        calls["n"] += 1
+        if calls["n"] == 40:
+            raise KeyError("simulated router bug")
+        return real_on_ack(self, w, msg)
+
+    monkeypatch.setattr(Router, "on_ack", failing_on_ack)
+    with pytest.raises(RunError, match="router crashed.*KeyError.*--resume"):
+        run(graph, RunOptions(quiet=True, run_dir=str(tmp_path / "run")))
+    partial = counts(tmp_path / "out.jsonl")
+    assert 0 < len(partial) < 3000 and max(partial.values()) == 1
+    monkeypatch.setattr(Router, "on_ack", real_on_ack)
+    summary = run(graph, RunOptions(quiet=True, run_dir=str(tmp_path / "run2"), resume=True))
+    assert summary.exit_code == EXIT_OK
+    final = counts(tmp_path / "out.jsonl")
+    assert set(final) == {str(i) for i in range(3000)} and max(final.values()) == 1
+
+
+def test_one_percent_failing_then_flow_replay_delivers_them(tmp_path):
+    text = textwrap.dedent("""
+        name: replay
+        steps:
+          - {name: read, use: "tests.steps:Counter", with: {n: 1000}, to: [check]}
+          - {name: check, use: "tests.steps:FailOn", with: {fail_on: FAILS}, workers: 2,
+             to: [write]}
+          - {name: write, use: "tests.steps:ListConsumer", with: {path: OUT/out.jsonl}}
+        router: {dead_letter: OUT/dl.jsonl, max_retries: 2}
+        """).replace("OUT", str(tmp_path)).replace("FAILS", str(list(range(5, 1000, 100))))
+    cfg = tmp_path / "p.yaml"
+    cfg.write_text(text)
+    first = subprocess.run([sys.executable, "-m", "flow.cli", "run", str(cfg), "--quiet"],
+                           cwd=ROOT, capture_output=True, timeout=120)
+    assert first.returncode == 1, first.stderr.decode()[-2000:]  # partial success
+    failing = {str(i) for i in range(5, 1000, 100)}
+    assert set(counts(tmp_path / "out.jsonl")) == {str(i) for i in range(1000)} - failing
+    dead = [json.loads(x) for x in (tmp_path / "dl.jsonl").read_text().splitlines()]
+    assert {d["key"] for d in dead} == failing
+    assert all("Traceback" in d["traceback"] and d["attempts"] == 2 for d in dead)
+    # the fault is fixed: replay the dead letters through the same pipeline
+    again = subprocess.run([sys.executable, "-m", "flow.cli", "replay", str(tmp_path / "dl.jsonl"),
+                            "--set", "check.fail_on=[]", "--quiet"],
+                           cwd=ROOT, capture_output=True, timeout=120)
+    assert again.returncode == 0, again.stderr.decode()[-2000:]
+    final = counts(tmp_path / "out.jsonl")
+    assert set(final) == {str(i) for i in range(1000)} and max(final.values()) == 1
