@@ -7,7 +7,9 @@ Both run in this run, on the same events, interleaved per repeat so that machine
 - engine: configs/simtel_dl2.yaml's steps (calibrate, clean, parameters, quality, reconstruct,
   write) through the router, the source re-reading the file ``passes`` times (`RepeatedSimtel`,
   keys prefixed by the pass) to reach the event count, ``calibrate`` with N workers (the
-  heaviest step), the other stagers at the file's minimum unless ``--autoscale``;
+  heaviest step), the other stagers at the file's minimum unless ``--autoscale``; ``--readers R``
+  splits the passes over R producer steps (the source is serial: eventio parsing is ~75 % of
+  ctapipe's per-event time on gamma_test, where R = 2 pays; on the SST-1M file it does not);
 - ctapipe: one process, ``SimTelEventSource`` + ``CameraCalibrator`` + ``ImageProcessor`` +
   ``ShowerProcessor`` with the same settings (equivalent focal length, NeighborPeakWindowSum,
   tailcuts 10/5 with 2 picture neighbours, HillasReconstructor), the file read the same number of
@@ -18,8 +20,8 @@ engine's source and DL2 writer stamp them (`RepeatedSimtel`, `TimedDL2Writer`), 
 worker set-up before the first event count for neither, but a downstream worker still starting when
 events flow does count against the engine (measuring at the writer alone would not: the router
 queues up to ``queue_limit`` events meanwhile, which then drain at the writer's pace). The wall
-time of each run, start-up included, is printed too. ratio = engine events/s / ctapipe events/s per repeat; the
-median over repeats is reported. The last line printed is one JSON object:
+time of each run, start-up included, is printed too. ratio = engine events/s / ctapipe events/s
+per repeat; the median over repeats is reported. The last line printed is one JSON object:
 ``{"events_per_s_ratio_vs_ctapipe_loop": r, "workers": N}``.
 """
 
@@ -65,6 +67,7 @@ class RepeatedSimtel(SimtelSource):
     """`SimtelSource` reading its file ``passes`` times; keys ``"{pass}:{obs_id}:{event_id}"``."""
 
     passes = Param(int, 1, "how many times the file is read")
+    first_pass = Param(int, 0, "number of the first pass (keys stay unique across sources)")
     stamp = Param(str, "", "file receiving the time.time() of the first event out")
 
     def setup(self) -> None:
@@ -76,7 +79,7 @@ class RepeatedSimtel(SimtelSource):
             self._context = dict(self.context)
 
     def process(self) -> Iterator[Keyed]:
-        for n in range(self.passes):
+        for n in range(self.first_pass, self.first_pass + self.passes):
             for item in super().process():
                 if self.stamp:
                     Path(self.stamp).write_text(json.dumps(time.time()))
@@ -106,14 +109,23 @@ class TimedDL2Writer(DL2Writer):
                                                     "last": self._last}))
 
 
-def engine_graph(path: str, passes: int, workers: int, autoscale: bool, out_dir: Path):
-    """configs/simtel_dl2.yaml with the repeating source, timed writer and N calibrate workers."""
+def engine_graph(path: str, passes: int, workers: int, autoscale: bool, out_dir: Path,
+                 readers: int = 1):
+    """configs/simtel_dl2.yaml with the repeating source (split over ``readers`` producer steps),
+    timed writer and N calibrate workers."""
     from flow.config import graph_from_text
 
     spec = yaml.safe_load(CONFIG.read_text())
     steps = {s["name"]: s for s in spec["steps"]}
-    steps["read"]["use"] = "bench.realdata:RepeatedSimtel"
-    steps["read"]["with"].update(path=path, passes=passes, stamp=str(out_dir / "first.json"))
+    read = steps["read"]
+    read["use"] = "bench.realdata:RepeatedSimtel"
+    spec["steps"].remove(read)
+    shares = [passes // readers + (i < passes % readers) for i in range(readers)]
+    for i, share in enumerate(shares):
+        name = "read" if i == 0 else f"read{i + 1}"
+        with_ = {**read["with"], "path": path, "passes": share, "first_pass": sum(shares[:i]),
+                 "stamp": str(out_dir / f"first_{name}.json")}
+        spec["steps"].insert(i, {**read, "name": name, "with": with_})
     steps["write"]["use"] = "bench.realdata:TimedDL2Writer"
     steps["write"]["with"].update(path=str(out_dir / "dl2.h5"), stamp=str(out_dir / "stamp.json"))
     fixed = {"calibrate": workers}
@@ -123,12 +135,12 @@ def engine_graph(path: str, passes: int, workers: int, autoscale: bool, out_dir:
     return graph_from_text(yaml.safe_dump(spec), str(CONFIG), workers=fixed)
 
 
-def run_engine(path: str, passes: int, workers: int, autoscale: bool) -> dict:
+def run_engine(path: str, passes: int, workers: int, autoscale: bool, readers: int = 1) -> dict:
     from flow.run import RunOptions, run
 
     with tempfile.TemporaryDirectory(prefix="realdata-") as tmp:
         out = Path(tmp)
-        graph = engine_graph(path, passes, workers, autoscale, out)
+        graph = engine_graph(path, passes, workers, autoscale, out, readers)
         start, start_wall, cpu = time.perf_counter(), time.time(), _cpu()
         with contextlib.redirect_stdout(io.StringIO()):
             summary = run(graph, RunOptions(quiet=True, inline=False, print_summary=False,
@@ -136,7 +148,7 @@ def run_engine(path: str, passes: int, workers: int, autoscale: bool) -> dict:
                                             stats_jsonl=str(out / "stats.jsonl")))
         wall, cpu = time.perf_counter() - start, [b - a for a, b in zip(cpu, _cpu(), strict=True)]
         stamp = json.loads((out / "stamp.json").read_text())
-        first_out = json.loads((out / "first.json").read_text())
+        first_out = min(json.loads(f.read_text()) for f in out.glob("first_*.json"))
         steps = _last_stats(out / "stats.jsonl")
     if summary.exit_code != 0:
         raise RuntimeError(f"engine run failed ({summary.state}): {summary.failures}")
@@ -204,6 +216,8 @@ def main() -> None:
     parser.add_argument("--file", choices=sorted(FILES), default="sst1m")
     parser.add_argument("--events", type=int, default=None, help="at least this many events")
     parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--readers", type=int, default=1,
+                        help="producer steps sharing the passes (the source is serial)")
     parser.add_argument("--autoscale", action="store_true",
                         help="let the auto-scaler size the other stagers (min..max of the file)")
     args = parser.parse_args()
@@ -214,12 +228,12 @@ def main() -> None:
     repeats = args.repeats or (2 if args.quick else 3)
     per_file = ctapipe_loop(path, 1)["n"]  # also warms ctapipe's numba caches
     passes = math.ceil(events / per_file)
-    print(f"{args.file}: {per_file} events per file x {passes} passes, {args.workers} calibrate "
-          f"workers, {os.cpu_count()} cores, {repeats} repeats")
+    print(f"{args.file}: {per_file} events per file x {passes} passes, {args.readers} reader(s), "
+          f"{args.workers} calibrate workers, {os.cpu_count()} cores, {repeats} repeats")
     ratios, walls = [], []
     for r in range(repeats):
         ref = ctapipe_loop(path, passes)
-        eng = run_engine(path, passes, args.workers, args.autoscale)
+        eng = run_engine(path, passes, args.workers, args.autoscale, args.readers)
         if eng["n"] != ref["n"]:
             raise RuntimeError(f"engine wrote {eng['n']} events, ctapipe processed {ref['n']}")
         ratios.append(eng["rate"] / ref["rate"])
