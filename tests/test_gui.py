@@ -6,6 +6,8 @@ import os
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
+import subprocess  # noqa: E402
+import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -185,7 +187,13 @@ def test_main_screenshot_and_exit(tmp_path):
         token = tmp_path / "token"
         token.write_text(fake.token + "\n")
         out = tmp_path / "shot.png"
-        code = gui_app.main(["gui", "--connect", fake.pub_addr, "--control", fake.ctl_addr,
-                             "--token-file", str(token), "--screenshot", str(out),
-                             "--exit-after", "1.5"])
-    assert code == 0 and out.stat().st_size > 10_000
+        # the real entry point, as `flow gui` runs it: its own process and QApplication (an
+        # in-process app.exec_()/quit() would leak into the other Qt tests of this session)
+        proc = subprocess.run(
+            [sys.executable, "-m", "gui.app", "--connect", fake.pub_addr, "--control",
+             fake.ctl_addr, "--token-file", str(token), "--screenshot", str(out),
+             "--exit-after", "3"],
+            cwd=Path(__file__).resolve().parents[1], capture_output=True, timeout=120,
+            env={**os.environ, "QT_QPA_PLATFORM": "offscreen"})
+    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+    assert out.stat().st_size > 10_000
