@@ -45,6 +45,7 @@ class DeadLetterFile:
         self.graph_file = graph_file
         self.count = 0
         self._fh = None
+        self.recent: list[dict] = []  # records not yet taken by `take_recent` (the monitor)
 
     def write(self, key: str, path: str, step: str, exception: str, traceback: str,
               attempts: int, frames, segments: dict[str, bytes] | None = None) -> None:
@@ -60,6 +61,14 @@ class DeadLetterFile:
         self._fh.write(json.dumps(record) + "\n")
         self._fh.flush()
         self.count += 1
+        if len(self.recent) < 100:  # bounded: a monitor that never takes them costs nothing
+            self.recent.append({"key": key, "step": step, "exception": exception,
+                                "traceback": traceback, "attempts": attempts})
+
+    def take_recent(self) -> list[dict]:
+        """The dead letters written since the previous call (for the statistics record)."""
+        out, self.recent = self.recent, []
+        return out
 
     def close(self) -> None:
         if self._fh is not None:

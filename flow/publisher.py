@@ -92,12 +92,17 @@ class Publisher:
         self._send(b"log", {"v": 1, "type": "log", "t": time.time(), "level": level,
                             "message": message})
 
-    def maybe_sample(self, src: str, dst: str, key: str, frames: list) -> None:
+    def sample_due(self, src: str, dst: str) -> bool:
+        """Whether edge src->dst is tapped and its next sample (about one a second) is due; if so,
+        the following one is scheduled."""
         now = time.monotonic()
         due = self.taps.get((src, dst))
         if due is None or now < due:
-            return
+            return False
         self.taps[(src, dst)] = now + 1.0
+        return True
+
+    def send_sample(self, src: str, dst: str, key: str, frames: list) -> None:
         try:
             header = msgpack.packb({"v": 1, "type": "sample", "edge": f"{src}->{dst}", "key": key})
             self.pub.send_multipart([b"sample", header, *frames], zmq.NOBLOCK, copy=False)

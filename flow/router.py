@@ -194,7 +194,6 @@ class Router:
         self.step_failures: list[str] = []
         self.workers_started = 0
         self.workers_retired = 0
-        self.decisions: list[dict] = []
         self.last_event_t = 0.0
         self.finished_t = 0.0
         self._draining = False
@@ -236,8 +235,7 @@ class Router:
             poller.register(s, zmq.POLLIN)
         try:
             while not self.done():
-                timeout = 0 if self._has_dispatchable() else poll_ms
-                ready = dict(poller.poll(timeout))
+                ready = dict(poller.poll(poll_ms))
                 if self.sock in ready:
                     self.drain_socket()
                 for s, handler in self.extra_sockets.items():
@@ -548,10 +546,9 @@ class Router:
         return tuple(refs)
 
     def _maybe_sample(self, src: StepState, t: str, items: list, frames: list) -> None:
-        due = self.taps.get((src.spec.name, t))
-        if due is not None and time.monotonic() >= due:
+        if self.publisher.sample_due(src.spec.name, t):
             first = P.unpack_payloads([it[-1] for it in items], frames)[0]
-            self.publisher.maybe_sample(src.spec.name, t, items[0][0], first)
+            self.publisher.send_sample(src.spec.name, t, items[0][0], first)
 
     def retry_or_dead_letter(self, st: StepState, single: Batch, exc: str, tb: str) -> None:
         """A single-event batch failed: queue it again (alone, at the front) or dead-letter it."""
@@ -604,9 +601,6 @@ class Router:
 
     def targets_have_room(self, st: StepState) -> bool:
         return all(self.room(self.steps[t]) for t in st.targets)
-
-    def _has_dispatchable(self) -> bool:
-        return False
 
     @property
     def taps(self):

@@ -141,14 +141,10 @@ def _run_router(graph: Graph, context: dict, total: int | None, options: RunOpti
     if options.metrics_port:
         from .metrics import MetricsExporter
         metrics = MetricsExporter(options.metrics_port)
-    dead_seen = {"n": 0}
 
     def on_tick(r: Router) -> None:
         decisions = scaler(r) if scaler is not None else []
-        r.decisions.extend(decisions)
-        dl = r.dead_letter.recent[dead_seen["n"]:] if hasattr(r.dead_letter, "recent") else []
-        dead_seen["n"] += len(dl)
-        record = stats_record(r, meter, run_id, total, decisions, dl)
+        record = stats_record(r, meter, run_id, total, decisions, r.dead_letter.take_recent())
         publisher.publish_stats(record)
         view.update(record)
         if metrics is not None:
@@ -214,10 +210,11 @@ def _make_scaler(graph: Graph, router):
     return AutoScaler(graph, router)
 
 
-def _start_gui(publisher):
+def _start_gui(publisher) -> None:
+    """The Qt monitor in its own process; it stays open on the finished run."""
     import subprocess
     import sys
-    return subprocess.Popen([sys.executable, "-m", "gui.app", "--connect",
+    subprocess.Popen([sys.executable, "-m", "gui.app", "--connect",
                              publisher.monitor_endpoint, "--control", publisher.control_endpoint,
                              "--token-file", str(publisher.token_file)])
 

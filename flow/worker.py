@@ -21,7 +21,7 @@ import zmq
 from . import codec
 from . import protocol as P
 from .errors import ProtocolError, StepError
-from .routing import ALL, path_after, producer_outputs, stager_outputs
+from .routing import path_after, producer_outputs, stager_outputs
 from .step import import_object, instantiate
 
 CONFIG_TIMEOUT_S = 60.0
@@ -354,7 +354,7 @@ def worker_main(endpoint: str, worker_id: str, step_name: str, keys_dir: str | N
         worker.sock.close(linger=2000)
 
 
-__all__ = ["Worker", "worker_main", "ALL"]
+__all__ = ["Worker", "worker_main"]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -131,6 +131,7 @@ def test_function_stager(tmp_path):
 
 
 def test_step_raising_goes_to_dead_letter_and_run_goes_on(tmp_path):
+    stats = tmp_path / "stats.jsonl"
     summary = go(tmp_path, """
         name: fail
         steps:
@@ -139,7 +140,7 @@ def test_step_raising_goes_to_dead_letter_and_run_goes_on(tmp_path):
              to: [write]}
           - {name: write, use: "tests.steps:ListConsumer", with: {path: OUT/out.jsonl}}
         router: {dead_letter: OUT/dl.jsonl, max_retries: 2}
-        """)
+        """, stats_jsonl=str(stats))
     assert summary.exit_code == EXIT_PARTIAL
     assert summary.dead_letter == 3
     keys = keys_by_step(tmp_path / "out.jsonl")
@@ -149,6 +150,11 @@ def test_step_raising_goes_to_dead_letter_and_run_goes_on(tmp_path):
     for d in dead:
         assert d["step"] == "check" and d["attempts"] == 2
         assert "RuntimeError: FailOn" in d["exception"] and "Traceback" in d["traceback"]
+    # the monitor saw each dead letter once, with its traceback (the GUI's dead-letter list)
+    published = [d for line in stats.read_text().splitlines()
+                 for d in json.loads(line)["dead_letters"]]
+    assert sorted(d["key"] for d in published) == ["199", "3", "50"]
+    assert all("Traceback" in d["traceback"] for d in published)
 
 
 def test_setup_failure_is_a_clear_error_not_a_hang(tmp_path):
