@@ -6,6 +6,8 @@ import os
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 os.environ.setdefault("NUMBA_CACHE_DIR", str(ROOT / ".cache" / "numba"))
@@ -26,3 +28,32 @@ try:
     iers.conf.auto_max_age = None
 except ImportError:  # astropy is a dependency; keep conftest importable regardless
     pass
+
+
+@pytest.fixture
+def gui_window(qtbot, qapp):
+    """Factory of shown GUI main windows on a monitor (and control) address; closed at the end.
+
+    Qt is imported only by the tests that use it (pytest-qt provides ``qtbot``/``qapp``).
+    """
+    from flow.monitor import ControlClient, MonitorClient
+    from gui import app as gui_app
+    from gui import theme
+
+    theme.apply(qapp)
+    made = []
+
+    def make(monitor: str, control: str | None = None, token: str = "",
+             stale_s: float = 3.0):
+        mon = MonitorClient(monitor, stale_s=stale_s).start()
+        ctl = ControlClient(control, token) if control else None
+        window = gui_app.MainWindow(mon, ctl)
+        window.controls.confirm_stop = False
+        qtbot.addWidget(window)
+        window.show()
+        made.append(window)
+        return window
+
+    yield make
+    for w in made:
+        w.close()

@@ -15,9 +15,7 @@ import pytest  # noqa: E402
 
 pytest.importorskip("pytestqt")
 
-from flow.monitor import ControlClient, MonitorClient  # noqa: E402
 from gui import app as gui_app  # noqa: E402
-from gui import theme  # noqa: E402
 from tests.fake_pipeline import FakePipeline  # noqa: E402
 
 pytestmark = pytest.mark.qt
@@ -25,23 +23,11 @@ DOCS = Path(__file__).resolve().parents[1] / "docs"
 
 
 @pytest.fixture
-def make_window(qtbot, qapp):
-    theme.apply(qapp)
-    made = []
-
+def make_window(gui_window):
     def make(fake: FakePipeline, stale_s: float = 3.0, control: bool = True):
-        mon = MonitorClient(fake.pub_addr, stale_s=stale_s).start()
-        ctl = ControlClient(fake.ctl_addr, fake.token) if control else None
-        window = gui_app.MainWindow(mon, ctl)
-        window.controls.confirm_stop = False
-        qtbot.addWidget(window)
-        window.show()
-        made.append(window)
-        return window
+        return gui_window(fake.pub_addr, fake.ctl_addr if control else None, fake.token, stale_s)
 
-    yield make
-    for w in made:
-        w.close()
+    return make
 
 
 def test_counts_per_step_after_n_records(qtbot, make_window):

@@ -36,11 +36,10 @@ pytest.importorskip("pytestqt")
 
 from flow.config import graph_from_text  # noqa: E402
 from flow.graph import resolve_use  # noqa: E402
-from flow.monitor import ControlClient, MonitorClient, read_token  # noqa: E402
+from flow.monitor import read_token  # noqa: E402
 from flow.run import RunOptions, prepare_context  # noqa: E402
 from flow.step import instantiate  # noqa: E402
 from gui import app as gui_app  # noqa: E402
-from gui import theme  # noqa: E402
 
 RUN_MODULE = importlib.import_module("flow.run")   # `flow.run` is also the function
 
@@ -141,23 +140,8 @@ def live(tmp_path, monkeypatch):
 
 
 @pytest.fixture
-def make_window(qtbot, qapp):
-    theme.apply(qapp)
-    made = []
-
-    def make(monitor: str, control: str | None = None, token: str = "", stale_s: float = 3.0):
-        mon = MonitorClient(monitor, stale_s=stale_s).start()
-        ctl = ControlClient(control, token) if control else None
-        window = gui_app.MainWindow(mon, ctl)
-        window.controls.confirm_stop = False
-        qtbot.addWidget(window)
-        window.show()
-        made.append(window)
-        return window
-
-    yield make
-    for w in made:
-        w.close()
+def make_window(gui_window):
+    return gui_window
 
 
 def table_counts(window, column: str) -> dict[str, int]:
