@@ -84,6 +84,10 @@ class WorkerState:
     rss: int = 0
 
 
+def _holds_retry(w: WorkerState) -> bool:
+    return any(batch.attempts for batch, _ in w.leases.values())
+
+
 @dataclass
 class StepState:
     """A step's queue, workers and counters."""
@@ -620,7 +624,8 @@ class Router:
                 continue
             if not st.queue or not self.targets_have_room(st):
                 continue
-            free = [w for w in st.workers.values() if w.state == "ready" and len(w.leases) < prefetch]
+            free = [w for w in st.workers.values() if w.state == "ready"
+                    and len(w.leases) < prefetch and not _holds_retry(w)]
             if not free:
                 continue
             free.sort(key=lambda w: len(w.leases))
@@ -628,14 +633,19 @@ class Router:
                 for w in list(free):
                     if not st.queue:
                         break
-                    self.lease(st, w, len(free))
-                    if len(w.leases) >= prefetch:
+                    if st.queue[0].attempts and w.leases:
+                        free.remove(w)   # a retried event waits for an idle worker
+                        continue
+                    batch = self.lease(st, w, len(free))
+                    if len(w.leases) >= prefetch or batch.attempts:
                         free.remove(w)
 
-    def lease(self, st: StepState, w: WorkerState, n_free: int) -> None:
+    def lease(self, st: StepState, w: WorkerState, n_free: int) -> Batch:
         """Send queued batches to ``w`` under one lease: at least one batch, more (merged) while
-        the queue is deep, up to ``batch_max`` events and 8 MB. A retried event travels alone, so a
-        poison event cannot take a batch down with it."""
+        the queue is deep, up to ``batch_max`` events and 8 MB. A retried event travels alone, to
+        an idle worker that gets nothing else until it answers: if that worker dies, the retried
+        event is the only suspect (an ACK sent just before a crash can be lost with the process,
+        so "the oldest lease" alone could blame an innocent neighbour)."""
         q = st.queue
         want = max(1, min(self.opts.batch_max, math.ceil(st.queue_events / max(1, n_free * 2))))
         batch = st.pop()
@@ -656,6 +666,7 @@ class Router:
         lease_id = next(self.lease_ids)
         w.leases[lease_id] = (batch, time.monotonic())
         self._send(w, P.DATA, {"lease": lease_id, "items": batch.items}, batch.frames)
+        return batch
 
     # -- workers -----------------------------------------------------------------------------
     def _send(self, w: WorkerState, command: bytes, envelope: dict | None = None,

@@ -101,20 +101,25 @@ def test_stuck_worker_is_killed_replaced_and_its_events_delivered(tmp_path):
     assert summary.exit_code == EXIT_OK
 
 
-def test_poison_event_that_kills_every_worker_is_dead_lettered(tmp_path):
-    graph = load(tmp_path, """
+@pytest.mark.parametrize("at,batch_max", [(4, 64), (4, 1), (17, 1)])
+def test_poison_event_that_kills_every_worker_is_dead_lettered(tmp_path, at, batch_max):
+    # batch_max 1: one event per lease, so the ACK of the event before the poison one is
+    # often still in the dying process's socket buffer; that neighbour must not be blamed
+    graph = load(tmp_path, f"""
         name: poison
         steps:
-          - {name: read, use: "tests.steps:Counter", with: {n: 30}, to: [crash]}
-          - {name: crash, use: "tests.engine_steps:CrashAlways", with: {at: 4}, to: [write]}
-          - {name: write, use: "tests.steps:ListConsumer", with: {path: OUT/out.jsonl}}
-        router: {dead_letter: OUT/dl.jsonl, max_retries: 2, heartbeat_s: 0.2}
+          - {{name: read, use: "tests.steps:Counter", with: {{n: 30}}, to: [crash]}}
+          - {{name: crash, use: "tests.engine_steps:CrashAlways", with: {{at: {at}}},
+             workers: 2, to: [write]}}
+          - {{name: write, use: "tests.steps:ListConsumer", with: {{path: OUT/out.jsonl}}}}
+        router: {{dead_letter: OUT/dl.jsonl, max_retries: 2, heartbeat_s: 0.2,
+                 batch_max: {batch_max}}}
         """)
     summary = run(graph, RunOptions(quiet=True, run_dir=str(tmp_path / "run")))
     assert summary.exit_code == EXIT_PARTIAL
-    assert set(counts(tmp_path / "out.jsonl")) == {str(i) for i in range(30)} - {"4"}
+    assert set(counts(tmp_path / "out.jsonl")) == {str(i) for i in range(30)} - {str(at)}
     dead = [json.loads(x) for x in (tmp_path / "dl.jsonl").read_text().splitlines()]
-    assert [d["key"] for d in dead] == ["4"]
+    assert [d["key"] for d in dead] == [str(at)]
     assert "worker died" in dead[0]["exception"]
 
 
