@@ -176,6 +176,7 @@ class Router:
         self.agents: set[bytes] = set()
         self.shm_store: ShmStore | None = None    # set by enable_shm
         self.shm_refs: dict[str, int] = {}
+        self.shm_pins: dict[str, set] = {}        # segment -> workers that still map it
         self.extra_sockets: dict = {}
         self.steps: dict[str, StepState] = {}
         for i, spec in enumerate(graph.steps):
@@ -288,6 +289,7 @@ class Router:
         if self.shm_store is not None:
             self.shm_store.cleanup()
             self.shm_refs.clear()
+            self.shm_pins.clear()
         self.sock.close(0)
         if self.security is not None:
             self.security.stop()
@@ -366,6 +368,7 @@ class Router:
         elif cmd == P.STATS:
             env = msg.envelope
             w.cpu, w.rss = float(env.get("cpu", 0.0)), int(env.get("rss", 0))
+            self.pin(w, env)
         elif cmd == P.HELLO:
             self.on_hello(w, msg)
         elif cmd == P.READY:
@@ -412,7 +415,8 @@ class Router:
                "params": dict(spec.params), "targets": list(st.targets),
                "heartbeat_s": self.opts.heartbeat_s, "liveness": self.opts.liveness,
                "batch_max": self.opts.batch_max, "replacement": st.spawned > 1,
-               "shm": ({"prefix": self.shm_store.prefix, "threshold": self.shm_store.threshold}
+               "shm": ({"prefix": self.shm_store.prefix, "threshold": self.shm_store.threshold,
+                        "pool_bytes": self.opts.queue_limit_bytes}
                        if self.shm_store is not None else None)}
         self._send(w, P.CONFIG, env, self.context_frames)
 
@@ -461,6 +465,7 @@ class Router:
         if st.kind == "consumer":
             st.n_dups += int(msg.envelope.get("dups", 0))
         st.n_out += self.enqueue_outputs(st, out, msg.frames, self._refs(msg))
+        self.pin(w, msg.envelope)       # before the lease's segments are released
         self.hold(batch, -1)
         self.last_event_t = time.monotonic()
         if w.state == "retiring" and not w.leases:
@@ -473,6 +478,7 @@ class Router:
             log.error("step '%s' failed in teardown: %s", w.step, err)
         self.requeue(w, count_attempt=False)
         w.state = "done"
+        self.unpin_all(w)
         st = self.steps[w.step]
         st.workers.pop(w.id, None)
         if st.finished and not st.workers:
@@ -530,7 +536,7 @@ class Router:
 
     def hold(self, batch: Batch, k: int) -> None:
         """Count (k=+1) or release (k=-1) a queued or leased batch's shared-memory segments; a
-        segment no batch references any more is unlinked."""
+        segment no batch references and no worker still maps is released (flow/shm.py)."""
         for ref in batch.shm:
             name = ref_name(ref)
             n = self.shm_refs.get(name, 0) + k
@@ -538,7 +544,40 @@ class Router:
                 self.shm_refs[name] = n
             else:
                 self.shm_refs.pop(name, None)
-                self.shm_store.unlink(name)
+                if name not in self.shm_pins:
+                    self.shm_store.release(name)
+
+    def pin(self, w: WorkerState, env: dict) -> None:
+        """A worker's report of the segments it still maps after a lease (``pins``) and of those
+        it has let go since (``unpins``)."""
+        pins, unpins = env.get("pins"), env.get("unpins")
+        if pins is None and unpins is None:
+            return
+        for names in (pins, unpins):
+            if names is not None and (self.shm_store is None or type(names) is not list or not all(
+                    type(n) is str and n.startswith(self.shm_store.prefix) for n in names)):
+                raise ProtocolError("malformed shared-memory pins")
+        for name in pins or ():
+            self.shm_pins.setdefault(name, set()).add(w.id)
+        for name in unpins or ():
+            self._unpin(name, w.id)
+
+    def _unpin(self, name: str, wid: bytes) -> None:
+        holders = self.shm_pins.get(name)
+        if holders is None:
+            return
+        holders.discard(wid)
+        if not holders:
+            del self.shm_pins[name]
+            if name not in self.shm_refs:
+                self.shm_store.release(name)
+
+    def unpin_all(self, w: WorkerState) -> None:
+        """A worker is gone: its mappings with it. Its own released segments find no taker."""
+        for name in [n for n, holders in self.shm_pins.items() if w.id in holders]:
+            self._unpin(name, w.id)
+        if self.shm_store is not None and w.pid:   # shared memory: local workers only
+            self.shm_store.release_pool_of(w.pid)
 
     def _refs(self, msg: P.Message) -> tuple:
         refs = msg.envelope.get("shm")
@@ -717,6 +756,7 @@ class Router:
         was_starting = "starting" in (w.state, w.died_state)
         self.requeue(w, count_attempt=True, reason=f"worker died ({why})")
         w.state = "dead"
+        self.unpin_all(w)
         st.workers.pop(w.id, None)
         if st.kind == "producer":
             if not st.finished:

@@ -22,6 +22,7 @@ from . import codec
 from . import protocol as P
 from .errors import ProtocolError, StepError
 from .routing import path_after, producer_outputs, stager_outputs
+from .shm import ref_size
 from .step import import_object, instantiate
 
 CONFIG_TIMEOUT_S = 60.0
@@ -31,9 +32,11 @@ BATCH_FLUSH_S = 0.005      # a producer sends a partial batch once its first eve
 
 def payload_size(frames: list) -> int:
     """Bytes of an event's frames, shared-memory references included."""
-    from .shm import ref_size
-    return sum(ref_size(f) if type(f) is str else memoryview(f).nbytes if type(f) is not bytes
-               else len(f) for f in frames)
+    n = 0
+    for f in frames:
+        t = type(f)
+        n += len(f) if t is bytes else ref_size(f) if t is str else memoryview(f).nbytes
+    return n
 
 
 class RecentSet:
@@ -92,6 +95,7 @@ class Worker:
         self.done_keys: set[str] = set()
         self._proc = None
         self.use_shm = False
+        self.shm = None            # this process's ShmStore when shared memory is on
         self._last_stats = 0.0
 
     # -- sending ---------------------------------------------------------------------------
@@ -124,7 +128,12 @@ class Worker:
             self.send(P.HEARTBEAT)
         if now - self._last_stats >= 1.0:
             self._last_stats = now
-            self.send(P.STATS, self.resource_stats())
+            stats = self.resource_stats()
+            if self.shm is not None:
+                unpins = self.shm.take_released()
+                if unpins:
+                    stats["unpins"] = unpins
+            self.send(P.STATS, stats)
 
     def resource_stats(self) -> dict:
         try:
@@ -177,7 +186,9 @@ class Worker:
         shm = env.get("shm")
         if shm:
             from .shm import ShmStore
-            codec.configure_shm(ShmStore(shm["prefix"], int(shm["threshold"])))
+            self.shm = ShmStore(shm["prefix"], int(shm["threshold"]),
+                                int(shm.get("pool_bytes", 0)))
+            codec.configure_shm(self.shm)
             self.use_shm = True
         try:
             context = codec.decode(msg.frames) if msg.frames else {}
@@ -330,7 +341,20 @@ class Worker:
                 self.send(P.HEARTBEAT)
         env = {"lease": msg.envelope.get("lease"), "failed": failed,
                "busy_s": time.perf_counter() - t0, "dups": dups}
+        if self.shm is not None:
+            # drop this lease's views, then report the segments the step kept arrays of (the
+            # router must not recycle them) and those it has let go since the last report
+            event = result = routed = encoded = payloads = frames = None  # noqa: F841
+            self.pin_report(env)
         self.send_outputs(P.ACK, env, out, out_frames)
+
+    def pin_report(self, env: dict) -> None:
+        pins = self.shm.retained(self.shm.take_touched())
+        unpins = self.shm.take_released()
+        if pins:
+            env["pins"] = pins
+        if unpins:
+            env["unpins"] = unpins
 
 
 def worker_main(endpoint: str, worker_id: str, step_name: str, keys_dir: str | None = None) -> int:

@@ -5,9 +5,11 @@ Faults that must happen once (crash, hang) use a marker file so the redelivered 
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 
@@ -77,9 +79,53 @@ class Blobs(Producer):
         return self.n
 
 
+class Filled(Producer):
+    """Yields n events whose float32 array of `nbytes` bytes is filled with i (a new array each)."""
+
+    n = Param(int, 10, "number of events")
+    nbytes = Param(int, 1 << 20, "payload bytes per event")
+
+    def process(self) -> Iterator[Keyed]:
+        for i in range(self.n):
+            yield Keyed(str(i), {"i": i, "data": np.full(self.nbytes // 4, i, np.float32)})
 
 
+class Keeper(Consumer):
+    """Keeps the arrays of events i < `keep` to the end and every other one for `hold` events,
+    checking each time that every array it holds still has its own values; writes
+    ``{"keys", "bad", "segments"}`` as JSON to `path` at teardown (segments: distinct names)."""
 
+    keep = Param(int, 10, "events whose arrays are kept to the end")
+    hold = Param(int, 5, "events the other arrays are held for")
+    path = Param(str, "", "JSON report")
+
+    def setup(self) -> None:
+        self.kept: dict[int, np.ndarray] = {}
+        self.recent: list[tuple[int, np.ndarray]] = []
+        self.keys: list[str] = []
+        self.bad: list[int] = []
+        self.names: set[str] = set()
+
+    def process(self, event) -> None:
+        from flow import codec
+        i, data = event["i"], event["data"]
+        hit = codec._shm_store.lookup(data) if codec._shm_store is not None else None
+        if hit is not None:
+            self.names.add(hit[0])
+        (self.kept.__setitem__(i, data) if i < self.keep else self.recent.append((i, data)))
+        self.recent = self.recent[-self.hold:]
+        self.keys.append(self.key)
+        self.check()
+
+    def check(self) -> None:
+        for i, data in [*self.kept.items(), *self.recent]:
+            if not (data[0] == i and data[-1] == i and data[len(data) // 2] == i):
+                self.bad.append(i)
+
+    def teardown(self) -> None:
+        self.check()
+        Path(self.path).write_text(json.dumps({"keys": self.keys, "bad": sorted(set(self.bad)),
+                                               "segments": len(self.names)}))
 
 
 class SlowCount(Consumer):

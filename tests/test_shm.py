@@ -13,7 +13,7 @@ from flow import codec
 from flow.errors import ProtocolError
 from flow.replay import replay_graph
 from flow.run import RunOptions, run
-from flow.shm import SHM_DIR, ShmStore, available
+from flow.shm import FREE, SHM_DIR, ShmStore, available, capacity, is_pooled
 from flow.summary import EXIT_OK, EXIT_PARTIAL
 from tests.test_engine_e2e import load
 from tests.test_faults import run_watching
@@ -117,3 +117,72 @@ def test_dead_letters_keep_shared_memory_payloads_and_replay_them(tmp_path):
     expected = float(np.arange(2097152 // 4, dtype=np.float32).sum(dtype=np.float64))
     assert sorted(int(k) for k, _, _ in rows) == list(range(10))
     assert all(float(s) == expected for _, s, _ in rows)
+
+
+def test_capacity_rounds_up_by_at_most_an_eighth():
+    for n in (1, 65536, 65537, 1 << 20, (1 << 20) + 1, 3_000_000, 4 << 20, 7 << 20):
+        c = capacity(n)
+        assert c >= n and (c <= n * 1.125 or c == 1 << 16)
+    assert capacity(4_000_000) == capacity(4_100_000)     # similar sizes share segments
+
+
+def test_pooled_segment_is_reused_only_once_released(store):
+    producer = ShmStore(store.prefix, 1 << 16, pool_bytes=8 << 20)
+    a, b = np.full(1 << 18, 1.0), np.full(1 << 18, 2.0)
+    first, _ = producer.put(a)
+    second, _ = producer.put(b)                    # `first` is still in use: a new segment
+    assert is_pooled(first) and second != first
+    store.release(first)                           # the router: nobody references it any more
+    assert os.path.exists(os.path.join(SHM_DIR, first + FREE))
+    third, _ = producer.put(np.full(1 << 18, 3.0))
+    assert third == first and producer.reused == 1
+    assert np.all(np.frombuffer(store.attach(third), np.float64)[: 1 << 18] == 3.0)
+    assert np.all(np.frombuffer(store.attach(second), np.float64)[: 1 << 18] == 2.0)
+
+
+def test_unpooled_segments_are_unlinked_on_release(store):
+    producer = ShmStore(store.prefix, 1 << 16, pool_bytes=0)
+    name, _ = producer.put(np.ones(1 << 18))
+    assert not is_pooled(name)
+    store.release(name)
+    assert not segments(store.prefix)
+
+
+def test_a_worker_pins_what_it_keeps_and_unpins_what_it_lets_go(store):
+    producer = ShmStore(store.prefix, 1 << 16, pool_bytes=8 << 20)
+    frames = [codec.encode({"a": np.full(1 << 18, float(i))}, refs=[]) for i in range(2)]
+    # (the producer side of the codec is this process's `store`: use the pool directly)
+    names = [producer.put(np.full(1 << 18, float(i)))[0] for i in range(2)]
+    kept = np.frombuffer(store.attach(names[0]), np.float64)
+    dropped = np.frombuffer(store.attach(names[1]), np.float64)
+    touched = store.take_touched()
+    assert sorted(touched) == sorted(names)
+    assert sorted(store.retained(touched)) == sorted(names)
+    assert store.retained(touched) == []           # reported once
+    del dropped
+    assert store.take_released() == [names[1]]
+    assert kept[0] == 0.0 and store.take_released() == []
+    del kept, frames
+    assert store.take_released() == [names[0]]
+
+
+KEEP = """
+name: shm-keep
+steps:
+  - {name: read, use: "tests.engine_steps:Filled", with: {n: 80, nbytes: 2097152}, to: [pass]}
+  - {name: pass, use: "tests.steps:Sleep", with: {ms: 1}, to: [keep]}
+  - {name: keep, use: "tests.engine_steps:Keeper", with: {keep: 8, hold: 5, path: OUT/keep.json}}
+router: {dead_letter: OUT/dl.jsonl, shm_threshold: 1048576, queue_limit_bytes: 67108864}
+"""
+
+
+def test_recycled_segments_never_change_under_an_array_a_step_keeps(tmp_path):
+    """The producer recycles its segments (80 events through far fewer segments), yet the
+    arrays the consumer keeps (8 to the end, the others for 5 events) never see another event's
+    values: the consumer pins what it holds, and the router recycles only what nobody maps."""
+    summary = run(load(tmp_path, KEEP), RunOptions(quiet=True, run_dir=str(tmp_path / "r")))
+    assert summary.exit_code == EXIT_OK
+    report = json.loads((tmp_path / "keep.json").read_text())
+    assert sorted(report["keys"], key=int) == [str(i) for i in range(80)]
+    assert report["bad"] == []
+    assert report["segments"] < 60, report     # recycled: not one new segment per event
