@@ -22,6 +22,7 @@ from .deadletter import DeadLetterFile
 from .errors import ProtocolError, RunError, StepError
 from .graph import Graph, StepSpec
 from .launcher import Handle, LocalLauncher
+from .memory import tune_malloc
 from .shm import ShmStore, ref_name, ref_size
 
 log = logging.getLogger("flow.router")
@@ -232,6 +233,7 @@ class Router:
 
     def run(self, poll_ms: int = 50) -> None:
         """Loop until every consumer has closed (or the run is aborted)."""
+        tune_malloc()
         if not self.workers:
             self.start()
         poller = zmq.Poller()
@@ -416,7 +418,7 @@ class Router:
                "heartbeat_s": self.opts.heartbeat_s, "liveness": self.opts.liveness,
                "batch_max": self.opts.batch_max, "replacement": st.spawned > 1,
                "shm": ({"prefix": self.shm_store.prefix, "threshold": self.shm_store.threshold,
-                        "pool_bytes": self.opts.queue_limit_bytes}
+                        "pool_bytes": 2 * self.opts.queue_limit_bytes + (64 << 20)}
                        if self.shm_store is not None else None)}
         self._send(w, P.CONFIG, env, self.context_frames)
 

