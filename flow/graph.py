@@ -62,7 +62,7 @@ class RouterOptions:
         "flow-deadletter.jsonl", "file receiving events that failed max_retries times"
     )
     shm_threshold: int = _opt(
-        1 << 20, "arrays of this many bytes or more travel via shared memory on one host (0: never)"
+        64 << 10, "arrays of this many bytes or more travel via shared memory on one host (0: never)"
     )
 
 

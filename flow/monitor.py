@@ -68,10 +68,22 @@ def fallback_encode(value: Any) -> list[bytes]:
     return [FALLBACK_MAGIC, head, *buffers]
 
 
-def decode_payload(frames: Sequence[bytes]) -> Any:
-    """Decode the codec frames of a sample event or a context (``flow.codec.decode``)."""
+def decode_payload(frames: Sequence[bytes], shm_names: Sequence[str] = ()) -> Any:
+    """Decode the codec frames of a sample event or a context (``flow.codec.decode``).
+
+    A sampled event whose arrays travelled through shared memory carries the bytes of those
+    segments as its last frames, one per name in ``shm_names``."""
     if not frames:
         raise ProtocolError("empty payload")
+    shm = None
+    if shm_names:
+        if not isinstance(shm_names, list) or len(shm_names) >= len(frames) or \
+                not all(isinstance(n, str) for n in shm_names):
+            raise ProtocolError("sample: malformed shared-memory segment list")
+        from flow.shm import BytesShm  # noqa: PLC0415
+        k = len(frames) - len(shm_names)
+        shm = BytesShm({n: bytes(f) for n, f in zip(shm_names, frames[k:], strict=True)})
+        frames = frames[:k]
     if bytes(frames[0]) == FALLBACK_MAGIC:
         return _fallback_decode(frames)
     try:
@@ -79,7 +91,7 @@ def decode_payload(frames: Sequence[bytes]) -> Any:
     except ImportError as exc:
         raise ProtocolError("flow.codec is not available to decode the payload") from exc
     try:
-        return decode(list(frames))
+        return decode(list(frames), shm=shm) if shm is not None else decode(list(frames))
     except FlowError:
         raise
     except Exception as exc:  # the codec's own errors, whatever they are
@@ -315,7 +327,7 @@ class MonitorClient:
             del self._events.logs[:-2000]
         elif topic == b"sample":
             header = unpack_record(msg[1] if len(msg) > 1 else b"", "sample")
-            st.sample = (header, decode_payload(msg[2:]))
+            st.sample = (header, decode_payload(msg[2:], header.get("shm") or ()))
         elif topic == b"context":
             st.context = decode_payload(msg[1:])
         else:

@@ -102,10 +102,17 @@ class Publisher:
         self.taps[(src, dst)] = now + 1.0
         return True
 
-    def send_sample(self, src: str, dst: str, key: str, frames: list) -> None:
+    def send_sample(self, src: str, dst: str, key: str, frames: list,
+                    segments: dict[str, bytes] | None = None) -> None:
+        """Publish one event of edge src->dst; ``segments``: the bytes of the shared-memory
+        segments its arrays live in (sent after its frames, named in the header)."""
         try:
-            header = msgpack.packb({"v": 1, "type": "sample", "edge": f"{src}->{dst}", "key": key})
-            self.pub.send_multipart([b"sample", header, *frames], zmq.NOBLOCK, copy=False)
+            head = {"v": 1, "type": "sample", "edge": f"{src}->{dst}", "key": key}
+            if segments:
+                head["shm"] = list(segments)
+            header = msgpack.packb(head)
+            self.pub.send_multipart([b"sample", header, *frames, *(segments or {}).values()],
+                                    zmq.NOBLOCK, copy=False)
         except zmq.Again:
             pass
 

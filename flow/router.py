@@ -28,6 +28,7 @@ from .shm import ShmStore, ref_name, ref_size
 log = logging.getLogger("flow.router")
 
 EXIT_GRACE_S = 0.25  # after a worker's process exits, time for its last messages to arrive
+SAMPLE_SHM_MAX = 64 << 20  # a sampled event whose shared-memory arrays exceed this is not sampled
 
 
 @dataclass(slots=True)
@@ -527,7 +528,7 @@ class Router:
                 routes.append((t, [it for it, _ in group], fr,
                                sum(len(f) for f in fr) + sum(map(ref_size, refs)), refs))
         for t, its, fr, nbytes, refs in routes:
-            if self.taps and not refs:
+            if self.taps:
                 self._maybe_sample(src, t, its, fr)
             dst = self.steps[t]
             batch = Batch(its, fr, nbytes, 0, refs)
@@ -593,7 +594,12 @@ class Router:
     def _maybe_sample(self, src: StepState, t: str, items: list, frames: list) -> None:
         if self.publisher.sample_due(src.spec.name, t):
             first = P.unpack_payloads([it[-1] for it in items], frames)[0]
-            self.publisher.send_sample(src.spec.name, t, items[0][0], first)
+            refs = [p for p in first if type(p) is str]
+            if sum(map(ref_size, refs)) > SAMPLE_SHM_MAX:
+                return
+            segments = {ref_name(r): self.shm_store.read(ref_name(r)) for r in refs}
+            self.publisher.send_sample(src.spec.name, t, items[0][0],
+                                       [p for p in first if type(p) is not str], segments)
 
     def retry_or_dead_letter(self, st: StepState, single: Batch, exc: str, tb: str) -> None:
         """A single-event batch failed: queue it again (alone, at the front) or dead-letter it."""

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import threading
 
+import numpy as np
+
 from flow.monitor import ControlClient, MonitorClient, read_token
 from flow.run import RunOptions, run
 from tests.test_engine_e2e import load
@@ -18,9 +20,9 @@ router: {dead_letter: OUT/dl.jsonl, stats_interval_s: 0.3}
 """
 
 
-def run_in_background(tmp_path, script):
-    """Run PIPE; once the router is bound, run ``script(router, publisher)`` in a thread."""
-    graph = load(tmp_path, PIPE)
+def run_in_background(tmp_path, script, pipe: str = PIPE):
+    """Run `pipe`; once the router is bound, run ``script(router, publisher)`` in a thread."""
+    graph = load(tmp_path, pipe)
     out = {}
 
     def on_start(router, publisher):
@@ -84,3 +86,33 @@ def test_control_scale_pause_and_bad_token(tmp_path):
     assert scaled.stats["steps"]["slow"]["workers_min"] == 2
     assert not unknown["ok"] and "nope" in unknown["error"]
     assert later.stats["produced"] > 0
+
+
+BIG = """
+name: live-big
+steps:
+  - {name: read, use: "tests.engine_steps:Filled", with: {n: 100000, nbytes: 2097152}, to: [slow]}
+  - {name: slow, use: "tests.steps:Sleep", with: {ms: 20}, to: [write]}
+  - {name: write, use: "tests.steps:ListConsumer", with: {path: OUT/out.jsonl}}
+router: {dead_letter: OUT/dl.jsonl, stats_interval_s: 0.3, shm_threshold: 65536}
+"""
+
+
+def test_tap_samples_events_whose_arrays_are_in_shared_memory(tmp_path):
+    """A sampled event carries the bytes of its shared-memory segments: the monitor decodes the
+    whole event, not just its small fields."""
+    def script(router, publisher):
+        assert router.shm_store is not None
+        token = read_token(str(publisher.token_file))
+        with MonitorClient(publisher.monitor_endpoint) as mon, \
+                ControlClient(publisher.control_endpoint, token) as ctl:
+            mon.start()
+            mon.wait_for(lambda s: s.stats is not None, timeout=30)
+            assert ctl.send("tap", edge="read->slow")["ok"]
+            return mon.wait_for(lambda s: s.sample is not None, timeout=30).sample
+
+    (header, event), _ = run_in_background(tmp_path, script, BIG)
+    assert header["edge"] == "read->slow" and header["shm"]
+    data = event["data"]
+    assert data.dtype == np.float32 and data.size == 2097152 // 4
+    assert np.all(data == event["i"])
