@@ -52,9 +52,21 @@ _DTYPE_CODE = {_DTYPES[s]: b for s, b in _DTYPE_BYTES.items()}  # keyed by dtype
 _BOOL = _DTYPES["|b1"]
 
 _U8, _U16, _U32 = struct.Struct("<B"), struct.Struct("<H"), struct.Struct("<I")
+_U64 = struct.Struct("<Q")
 _ND_HEAD = struct.Struct("<4sI")  # dtype, ndim: 8 bytes, so inline data starts 8-byte aligned
 _SHAPES = [struct.Struct(f"<{n}Q") for n in range(MAX_NDIM + 1)]
 _PAD = [b"\0" * n for n in range(8)]
+
+# Encode fast path for 1-D arrays (most event arrays): the dtype code and ndim=1 of the header in
+# one lookup, which is also the allow-list check. Keyed by dtype like _DTYPE_CODE.
+_HEAD_1D = {dt: code + _U32.pack(1) for dt, code in _DTYPE_CODE.items()}
+_UINT8 = np.dtype(np.uint8)
+_FRAME_INDEX = [_U32.pack(i) for i in range(64)]  # frame references of the first frames, prepacked
+
+# msgpack.ExtType(code, data) checks its arguments in Python (~0.5 us a call); the codec builds
+# every ext with an int code in 0..127 and bytes data, so it makes the namedtuple directly.
+_ExtType = msgpack.ExtType
+_new_ext = tuple.__new__
 
 
 _UNIT_TO_STR: dict = {}  # astropy unit -> string, checked to parse back to an equal unit
@@ -70,18 +82,34 @@ class _Unsupported(Exception):
 
 def _array_payload(arr: np.ndarray, frames: list, inline_max: int, prefix: bytes = b"") -> tuple:
     """(ext code, payload) for an ndarray; large arrays are appended to `frames` without a copy."""
-    dt = _DTYPE_CODE.get(arr.dtype)
-    if dt is None:
-        raise _Unsupported(_dtype_reason(arr.dtype))
-    if arr.ndim > MAX_NDIM:
-        raise _Unsupported(f"array has {arr.ndim} dimensions (at most {MAX_NDIM})")
+    ndim, dtype = arr.ndim, arr.dtype
+    if ndim == 1:  # fast path: prepacked dtype and ndim, then the one dimension
+        head = _HEAD_1D.get(dtype)
+        if head is None:
+            raise _Unsupported(_dtype_reason(dtype))
+        head += _U64.pack(len(arr))
+    else:
+        dt = _DTYPE_CODE.get(dtype)
+        if dt is None:
+            raise _Unsupported(_dtype_reason(dtype))
+        if ndim > MAX_NDIM:
+            raise _Unsupported(f"array has {ndim} dimensions (at most {MAX_NDIM})")
+        head = _ND_HEAD.pack(dt, ndim) + _SHAPES[ndim].pack(*arr.shape)
+    if prefix:
+        head = prefix + head
     if not arr.flags.c_contiguous:
         arr = arr.copy(order="C")
-    head = prefix + _ND_HEAD.pack(dt, arr.ndim) + _SHAPES[arr.ndim].pack(*arr.shape)
-    if arr.nbytes <= inline_max:
+    nbytes = arr.nbytes
+    if nbytes <= inline_max:
         return EXT_NDARRAY_INLINE, head + arr.tobytes()
-    frames.append(arr.data.cast("B") if arr.nbytes else b"")  # a flat byte view: no copy
-    return EXT_NDARRAY_FRAME, head + _U32.pack(len(frames) - 1)
+    if not nbytes:
+        frames.append(b"")
+    elif ndim == 1 and dtype is _UINT8:
+        frames.append(arr.data)  # already a flat byte view (format "B"): no cast needed
+    else:
+        frames.append(arr.data.cast("B"))  # a flat byte view: no copy
+    index = len(frames) - 1
+    return EXT_NDARRAY_FRAME, head + (_FRAME_INDEX[index] if index < 64 else _U32.pack(index))
 
 
 def _shm_payload(arr: np.ndarray, refs: list) -> bytes:
@@ -148,8 +176,8 @@ class _Encoder:
         if t is np.ndarray:
             if self.refs is not None and obj.nbytes >= _shm_store.threshold \
                     and obj.dtype in _DTYPE_CODE and obj.ndim <= MAX_NDIM:
-                return msgpack.ExtType(EXT_NDARRAY_SHM, _shm_payload(obj, self.refs))
-            return msgpack.ExtType(*_array_payload(obj, self.frames, self.inline_max))
+                return _new_ext(_ExtType, (EXT_NDARRAY_SHM, _shm_payload(obj, self.refs)))
+            return _new_ext(_ExtType, _array_payload(obj, self.frames, self.inline_max))
         if t is tuple:
             return list(obj)
         if isinstance(obj, np.generic):
@@ -159,16 +187,16 @@ class _Encoder:
                     f"numpy scalar type {t.__name__} is not supported (only bool, "
                     f"int, uint, float and complex scalars)"
                 )
-            return msgpack.ExtType(EXT_NUMPY_SCALAR, dt + obj.tobytes())
+            return _new_ext(_ExtType, (EXT_NUMPY_SCALAR, dt + obj.tobytes()))
         units = sys.modules.get("astropy.units")  # a Quantity exists only if astropy is imported
         if units is not None and isinstance(obj, units.Quantity):
-            return msgpack.ExtType(
-                EXT_QUANTITY, _quantity_payload(obj, self.frames, self.inline_max)
+            return _new_ext(
+                _ExtType, (EXT_QUANTITY, _quantity_payload(obj, self.frames, self.inline_max))
             )
         if isinstance(obj, np.ma.MaskedArray):
             raise _Unsupported("masked arrays are not supported (send .filled() and the mask)")
         if isinstance(obj, np.ndarray):  # other subclasses (memmap, ...) travel as plain arrays
-            return msgpack.ExtType(*_array_payload(np.asarray(obj), self.frames, self.inline_max))
+            return _new_ext(_ExtType, _array_payload(np.asarray(obj), self.frames, self.inline_max))
         if isinstance(obj, dict):
             return dict(obj)
         if isinstance(obj, (list, tuple)):
@@ -209,7 +237,10 @@ def encode(obj: Any, *, inline_max: int = 1024, refs: list | None = None) -> lis
     """
     if not _keys_ok(obj, 0):
         raise _explain(obj, None)
-    enc = _encoder()
+    try:
+        enc = _local.encoder  # _encoder() inlined: this is every call's path
+    except AttributeError:
+        enc = _encoder()
     frames = enc.frames = [b""]
     enc.inline_max = inline_max
     enc.refs = refs if _shm_store is not None else None
@@ -319,9 +350,15 @@ class _Decoder:
         self.frames: Sequence = ()
         self.next = 1
         self.shm = None
+        self.hook = self.ext_hook  # bound once, not on every decode
 
     def ext_hook(self, code: int, data: bytes) -> Any:
-        if code == EXT_NDARRAY_INLINE or code == EXT_NDARRAY_FRAME or code == EXT_NDARRAY_SHM:
+        if code == EXT_NDARRAY_FRAME:
+            ref = _FRAME_REFS.get(data)  # fast path: a reference met before, its header checked then
+            if ref is not None:
+                return self.framed(*ref)
+            return self.array(code, data, 0)
+        if code == EXT_NDARRAY_INLINE or code == EXT_NDARRAY_SHM:
             return self.array(code, data, 0)
         if code == EXT_NUMPY_SCALAR:
             dt = _dtype(data[:4])
@@ -336,25 +373,20 @@ class _Decoder:
         raise ProtocolError(f"unknown msgpack ext code {code}")
 
     def array(self, code: int, data: bytes, off: int) -> np.ndarray:
-        dtb, ndim = _ND_HEAD.unpack_from(data, off)
-        dt = _dtype(dtb)
-        if ndim > MAX_NDIM:
-            raise ProtocolError(f"array has {ndim} dimensions (at most {MAX_NDIM})")
-        shape = _SHAPES[ndim].unpack_from(data, off + 8)
-        off += 8 + 8 * ndim
-        count = math.prod(shape)
-        if code == EXT_NDARRAY_INLINE:
-            if len(data) - off != count * dt.itemsize:
-                raise ProtocolError("inline array: data length does not match shape and dtype")
-            arr = np.frombuffer(data, dt, count, off)
-        elif code == EXT_NDARRAY_FRAME:
+        dt, shape, count, nbytes, hlen = _array_head(data, off)
+        off += hlen
+        if code == EXT_NDARRAY_FRAME:
             (index,) = _U32.unpack_from(data, off)
             if off + 4 != len(data):
                 raise ProtocolError("array frame reference: wrong length")
-            buf = self.frame(index)
-            if len(buf) != count * dt.itemsize:
-                raise ProtocolError(f"frame {index}: length does not match shape and dtype")
-            arr = np.frombuffer(buf, dt)
+            ref = dt, shape, nbytes, index
+            if off == hlen:  # the whole ext payload (not one inside a quantity): remember it
+                _remember(_FRAME_REFS, data, ref)
+            return self.framed(*ref)
+        if code == EXT_NDARRAY_INLINE:
+            if len(data) - off != nbytes:
+                raise ProtocolError("inline array: data length does not match shape and dtype")
+            arr = np.frombuffer(data, dt, count, off)
         elif code == EXT_NDARRAY_SHM:
             offset, nlen = struct.unpack_from("<QH", data, off)
             if off + 10 + nlen != len(data):
@@ -362,17 +394,26 @@ class _Decoder:
             if self.shm is None:
                 raise ProtocolError("shared-memory payload where none is expected (another host?)")
             seg = self.shm.attach(data[off + 10:].decode())
-            nbytes = count * dt.itemsize
             if offset + nbytes > len(seg):
                 raise ProtocolError("shared-memory reference beyond its segment")
             arr = np.frombuffer(seg[offset:offset + nbytes], dt)
         else:
             raise ProtocolError(f"quantity: unknown array kind {code}")
-        if ndim != 1:
-            arr = arr.reshape(shape)
-        if dt is _BOOL:
-            _check_bool(arr)
-        return arr
+        return _shaped(arr, dt, shape)
+
+    def framed(self, dt: np.dtype, shape: tuple, nbytes: int, index: int) -> np.ndarray:
+        """The array of a checked frame reference: a read-only view of frame `index`."""
+        frames = self.frames
+        if index == self.next and index < len(frames):  # the checks of self.frame(), inlined
+            self.next = index + 1
+            buf = frames[index]
+            if type(buf) is not bytes:
+                buf = _as_bytes_view(buf, readonly=True)
+        else:
+            buf = self.frame(index)  # raises
+        if len(buf) != nbytes:
+            raise ProtocolError(f"frame {index}: length does not match shape and dtype")
+        return _shaped(np.frombuffer(buf, dt), dt, shape)
 
     def frame(self, index: int) -> bytes | memoryview:
         if index != self.next:
@@ -383,7 +424,7 @@ class _Decoder:
             raise ProtocolError(f"frame index {index} out of range ({len(self.frames)} frames)")
         self.next += 1
         frame = self.frames[index]
-        return frame if type(frame) is bytes else _as_bytes_view(frame).toreadonly()
+        return frame if type(frame) is bytes else _as_bytes_view(frame, readonly=True)
 
     def quantity(self, data: bytes):
         (ulen,) = _U16.unpack_from(data, 0)
@@ -408,6 +449,52 @@ class _Decoder:
         return u.Quantity(arr, unit, dtype=arr.dtype, copy=False)
 
 
+# Decoded array headers (dtype, shape) recur event after event: each one is parsed and checked once,
+# then found by its raw bytes. _HEADS: header bytes -> (dtype, shape, count, nbytes, header length);
+# _FRAME_REFS: whole EXT_NDARRAY_FRAME payload -> (dtype, shape, nbytes, frame index). Bounded
+# (cleared when full), so hostile input cannot grow them.
+_HEADS: dict[bytes, tuple] = {}
+_FRAME_REFS: dict[bytes, tuple] = {}
+_CACHE_MAX = 1024
+
+
+def _remember(cache: dict, key: bytes, value: tuple) -> None:
+    if len(cache) >= _CACHE_MAX:
+        cache.clear()
+    cache[key] = value
+
+
+def _shaped(arr: np.ndarray, dt: np.dtype, shape: tuple) -> np.ndarray:
+    """The flat decoded array `arr`, checked when bool, in its shape."""
+    if dt is _BOOL:  # on the flat array, before the reshape (which cannot fail when count > 0)
+        _check_bool(arr)
+    return arr if len(shape) == 1 else arr.reshape(shape)
+
+
+def _array_head(data: bytes, off: int) -> tuple:
+    """(dtype, shape, count, nbytes, header length) of the array header at ``data[off:]``.
+
+    Raises ProtocolError (or struct.error on a short buffer) as the checks below do.
+    """
+    if len(data) >= off + 8:
+        # Fast path. data[off + 4] is the low byte of ndim, which fixes the header length
+        # 8 + 8 * ndim; a cached key holds its own ndim field, so a key of that length that
+        # matches is exactly a header that passed the checks below before.
+        head = _HEADS.get(data[off : off + 8 + 8 * data[off + 4]])
+        if head is not None:
+            return head
+    dtb, ndim = _ND_HEAD.unpack_from(data, off)
+    dt = _dtype(dtb)
+    if ndim > MAX_NDIM:
+        raise ProtocolError(f"array has {ndim} dimensions (at most {MAX_NDIM})")
+    shape = _SHAPES[ndim].unpack_from(data, off + 8)
+    count = math.prod(shape)
+    hlen = 8 + 8 * ndim
+    head = dt, shape, count, count * dt.itemsize, hlen
+    _remember(_HEADS, data[off : off + hlen], head)
+    return head
+
+
 def _dtype(dtb: bytes) -> np.dtype:
     dt = _BYTES_DTYPE.get(dtb)
     if dt is None:
@@ -416,18 +503,27 @@ def _dtype(dtb: bytes) -> np.dtype:
 
 
 def _check_bool(arr: np.ndarray) -> None:
-    if arr.size and arr.view(np.uint8).max() > 1:
-        raise ProtocolError("bool array holds bytes other than 0 and 1")
+    """Refuse a 1-D bool array holding bytes other than 0 and 1 (numpy would carry them as True)."""
+    if arr.size:
+        raw = arr.view(_UINT8)
+        if raw[raw.argmax()] > 1:  # argmax is several times cheaper than max() for uint8
+            raise ProtocolError("bool array holds bytes other than 0 and 1")
 
 
-def _as_bytes_view(frame: Any) -> memoryview:
-    """A flat byte view of a frame: bytes, bytearray, memoryview, or zmq.Frame."""
-    if type(frame) is not bytes:
+def _as_bytes_view(frame: Any, readonly: bool = False) -> memoryview:
+    """A flat byte view of a frame (bytes, bytearray, memoryview, or zmq.Frame); with `readonly`,
+    a new read-only view."""
+    if type(frame) is memoryview:
+        # Fast path (the worker's frames are slices of a received blob): already a view, with
+        # no .buffer attribute; a flat byte view only needs a new view object, read-only or not.
+        if frame.ndim == 1 and frame.format == "B":
+            return frame.toreadonly() if readonly else frame
+    elif type(frame) is not bytes:
         frame = getattr(frame, "buffer", frame)  # zmq.Frame received with copy=False
     mv = memoryview(frame)
     if mv.ndim != 1 or mv.format != "B":
         mv = mv.cast("B")
-    return mv
+    return mv.toreadonly() if readonly else mv
 
 
 def _decoder() -> _Decoder:
@@ -444,7 +540,10 @@ def decode(frames: Sequence, *, max_frames: int = 10_000, max_header: int = 64 <
 
     Arrays sent in their own frame are zero-copy views of that frame; all arrays are read-only.
     """
-    dec = _decoder()
+    try:
+        dec = _local.decoder  # _decoder() inlined: this is every call's path
+    except AttributeError:
+        dec = _decoder()
     try:
         n = len(frames)
         if not 1 <= n <= max_frames:
@@ -460,7 +559,7 @@ def decode(frames: Sequence, *, max_frames: int = 10_000, max_header: int = 64 <
         dec.shm = shm if shm is not None else _shm_store
         obj = msgpack.unpackb(
             header,
-            ext_hook=dec.ext_hook,
+            ext_hook=dec.hook,
             raw=False,
             strict_map_key=False,
             max_str_len=max_header,
@@ -471,7 +570,7 @@ def decode(frames: Sequence, *, max_frames: int = 10_000, max_header: int = 64 <
         )
         if dec.next != n:
             raise ProtocolError(f"payload has {n - dec.next} unreferenced frame(s)")
-        if b"\xff" in header:  # memchr: a timestamp ext needs a 0xff type byte
+        if 255 in header:  # memchr (an int: no substring search): a timestamp ext has type 0xff
             _reject_timestamps([obj], 0)
         return obj
     except ProtocolError:

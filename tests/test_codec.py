@@ -533,3 +533,24 @@ def test_fuzz_roundtrip_of_allowed_values(value, inline_max):
     assert_equal_values(value, decode(wire(frames)))
     for cut in (1, len(frames[0]) // 2):  # and a truncated header never escapes as another error
         decode_or_protocol_error([frames[0][:-cut], *frames[1:]])
+
+
+def test_decode_header_caches_keep_every_check():
+    """decode remembers array headers and frame references it has checked (flow.codec._HEADS,
+    _FRAME_REFS): a remembered one still gets the frame checks, and the caches stay bounded."""
+    from flow import codec
+
+    good = wire(encode({"a": np.arange(300, dtype="f8"), "b": np.ones((3, 2), bool)}))
+    for _ in range(2):  # the second decode takes the cached paths
+        out = decode(good)
+        assert_same_array(np.arange(300, dtype="f8"), out["a"])
+    with pytest.raises(ProtocolError, match="frame 1: length"):
+        decode([good[0], good[1][:-8]])
+    with pytest.raises(ProtocolError, match="out of range"):
+        decode(good[:1])
+    with pytest.raises(ProtocolError, match="bool array"):
+        decode(wire(encode({"b": np.frombuffer(b"\x01\x00\x01\x02\x00\x01", bool).reshape(3, 2)})))
+    for n in range(codec._CACHE_MAX + 10):  # more distinct shapes than the caches hold
+        a = np.zeros((n % 7 + 1, n), "u1")
+        assert decode(wire(encode([a, a[:1]], inline_max=0)))[0].shape == a.shape
+    assert len(codec._HEADS) <= codec._CACHE_MAX and len(codec._FRAME_REFS) <= codec._CACHE_MAX
