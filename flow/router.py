@@ -43,10 +43,13 @@ class Batch:
     nbytes: int
     attempts: int = 0
     shm: tuple = ()                  # shared-memory references "name:nbytes" of its events
+    blob: str = ""                   # the reference of its blob when that is in shared memory
+                                     # (then frames[0] is empty; the reference is in `shm` too)
 
-    def split(self) -> list[Batch]:
-        """One single-event batch per item (same attempts)."""
-        payloads = P.unpack_payloads([it[-1] for it in self.items], self.frames)
+    def split(self, frames: list | None = None) -> list[Batch]:
+        """One single-event batch per item (same attempts), each with its own in-memory blob;
+        ``frames``: this batch's frames with a shared-memory blob resolved (Router.frames_of)."""
+        payloads = P.unpack_payloads([it[-1] for it in self.items], frames or self.frames)
         out = []
         for it, parts in zip(self.items, payloads, strict=False):
             refs = tuple(p for p in parts if type(p) is str)
@@ -54,9 +57,9 @@ class Batch:
                              self.attempts, refs))
         return out
 
-    def event_frames(self, index: int) -> list:
+    def event_frames(self, index: int, frames: list | None = None) -> list:
         """The frames of event ``index`` (without its shared-memory references)."""
-        parts = P.unpack_payloads([it[-1] for it in self.items], self.frames)[index]
+        parts = P.unpack_payloads([it[-1] for it in self.items], frames or self.frames)[index]
         return [p for p in parts if type(p) is not str]
 
 
@@ -427,7 +430,7 @@ class Router:
         st = self.steps[w.step]
         items = P.check_items(msg.envelope.get("out"), 4, deep=False)
         w.credit_out = max(0, w.credit_out - 1)
-        n = self.enqueue_outputs(st, items, msg.frames, self._refs(msg))
+        n = self.enqueue_outputs(st, items, msg.frames, *self._refs(msg))
         w.done += n
         st.n_out += n
         self.produced += n
@@ -447,7 +450,7 @@ class Router:
             raise ProtocolError("malformed failure list in ACK")
         if failed:
             try:
-                singles = batch.split() if n > 1 else [batch]
+                singles = self.split(batch)
             except ProtocolError as exc:  # malformed payload sizes: keep the raw batch, once
                 self.dead_letter_batch(st, batch, f"ProtocolError: {exc}")
                 failed = []
@@ -467,7 +470,7 @@ class Router:
             st.latencies.extend([busy / n] * min(n, 16))
         if st.kind == "consumer":
             st.n_dups += int(msg.envelope.get("dups", 0))
-        st.n_out += self.enqueue_outputs(st, out, msg.frames, self._refs(msg))
+        st.n_out += self.enqueue_outputs(st, out, msg.frames, *self._refs(msg))
         self.pin(w, msg.envelope)       # before the lease's segments are released
         self.hold(batch, -1)
         self.last_event_t = time.monotonic()
@@ -503,17 +506,21 @@ class Router:
             self._send(w, P.STOP, {})
 
     # -- queues ------------------------------------------------------------------------------
-    def enqueue_outputs(self, src: StepState, items: list, frames: list, shm=None) -> int:
+    def enqueue_outputs(self, src: StepState, items: list, frames: list, shm=(),
+                        blob: str = "") -> int:
         """Queue a worker's outputs at the downstream steps: the whole batch to every target when
         nothing was routed explicitly (the common case: no per-event work here), else per target."""
         if not items:
+            if blob:
+                self._release_if_unused(ref_name(blob))
             return 0
+        kept = blob    # the whole batch goes on with its shared-memory blob, unless split
         if all(not it[2] for it in items):
             refs = tuple(shm) if shm else ()
             nbytes = sum(len(f) for f in frames) + sum(map(ref_size, refs))
             routes = [(t, items, frames, nbytes, refs) for t in src.targets]
-        else:
-            payloads = P.unpack_payloads([it[3] for it in items], frames)
+        else:   # per-target batches get in-memory blobs; a shared-memory one is let go after
+            payloads = P.unpack_payloads([it[3] for it in items], self._resolve(frames, blob))
             groups: dict[str, list] = {}
             for it, parts in zip(items, payloads, strict=False):
                 for t in (src.targets if not it[2] else (it[2],)):
@@ -527,15 +534,43 @@ class Router:
                 refs = tuple(p for _, parts in group for p in parts if type(p) is str)
                 routes.append((t, [it for it, _ in group], fr,
                                sum(len(f) for f in fr) + sum(map(ref_size, refs)), refs))
+            payloads = None
+            kept = ""
         for t, its, fr, nbytes, refs in routes:
+            batch = Batch(its, fr, nbytes, 0, refs, kept)
             if self.taps:
-                self._maybe_sample(src, t, its, fr)
+                self._maybe_sample(src, t, batch)
             dst = self.steps[t]
-            batch = Batch(its, fr, nbytes, 0, refs)
             self.hold(batch, +1)
             dst.push(batch)
             dst.n_in += len(its)
+        if blob and not (kept and routes):   # copied out, or routed nowhere
+            self._release_if_unused(ref_name(blob))
         return len(items)
+
+    def frames_of(self, batch: Batch) -> list:
+        """A batch's frames, its blob mapped from shared memory when it lives there."""
+        return self._resolve(batch.frames, batch.blob)
+
+    def _resolve(self, frames: list, blob: str) -> list:
+        if not blob:
+            return frames
+        view = self.shm_store.attach(ref_name(blob))
+        n = ref_size(blob)
+        if n > len(view):
+            raise ProtocolError("shared-memory blob beyond its segment")
+        return [view[:n], *frames[1:]]
+
+    def split(self, batch: Batch) -> list[Batch]:
+        """A batch as single-event batches (for retries and dead letters) with in-memory blobs;
+        a one-event batch stays as it is unless its blob is in shared memory."""
+        if len(batch.items) == 1 and not batch.blob:
+            return [batch]
+        return batch.split(self.frames_of(batch))
+
+    def _release_if_unused(self, name: str) -> None:
+        if name not in self.shm_refs and name not in self.shm_pins:
+            self.shm_store.release(name)
 
     def hold(self, batch: Batch, k: int) -> None:
         """Count (k=+1) or release (k=-1) a queued or leased batch's shared-memory segments; a
@@ -582,24 +617,29 @@ class Router:
         if self.shm_store is not None and w.pid:   # shared memory: local workers only
             self.shm_store.release_pool_of(w.pid)
 
-    def _refs(self, msg: P.Message) -> tuple:
+    def _refs(self, msg: P.Message) -> tuple[tuple, str]:
+        """(shared-memory references, blob reference or "") of a PRODUCE or ACK, checked."""
         refs = msg.envelope.get("shm")
         if refs is None:
-            return ()
+            return (), ""
         if self.shm_store is None or type(refs) is not list or \
                 not all(type(r) is str and r.startswith(self.shm_store.prefix) for r in refs):
             raise ProtocolError("unexpected shared-memory references")
-        return tuple(refs)
+        blob = msg.envelope.get("blob", "")
+        if blob and (blob not in refs or not msg.frames or len(msg.frames[0]) != 0):
+            raise ProtocolError("malformed shared-memory blob reference")
+        return tuple(refs), blob
 
-    def _maybe_sample(self, src: StepState, t: str, items: list, frames: list) -> None:
+    def _maybe_sample(self, src: StepState, t: str, batch: Batch) -> None:
         if self.publisher.sample_due(src.spec.name, t):
-            first = P.unpack_payloads([it[-1] for it in items], frames)[0]
+            items = batch.items
+            first = P.unpack_payloads([it[-1] for it in items], self.frames_of(batch))[0]
             refs = [p for p in first if type(p) is str]
             if sum(map(ref_size, refs)) > SAMPLE_SHM_MAX:
                 return
             segments = {ref_name(r): self.shm_store.read(ref_name(r)) for r in refs}
-            self.publisher.send_sample(src.spec.name, t, items[0][0],
-                                       [p for p in first if type(p) is not str], segments)
+            self.publisher.send_sample(src.spec.name, t, items[0][0],       # copied: the blob
+                                       [bytes(p) for p in first if type(p) is not str], segments)
 
     def retry_or_dead_letter(self, st: StepState, single: Batch, exc: str, tb: str) -> None:
         """A single-event batch failed: queue it again (alone, at the front) or dead-letter it."""
@@ -614,7 +654,7 @@ class Router:
             key, path = single.items[0][0], single.items[0][1]
             segments = {ref_name(r): self.shm_store.read(ref_name(r)) for r in single.shm}
             self.dead_letter.write(key, path, st.spec.name, exc, tb, single.attempts,
-                                   single.event_frames(0), segments)
+                                   single.event_frames(0, self.frames_of(single)), segments)
             log.warning("dead letter: step '%s' key %s after %d attempts: %s",
                         st.spec.name, key, single.attempts, exc)
 
@@ -623,7 +663,7 @@ class Router:
         for key, path, *_ in batch.items:
             st.dead += 1
             self.dead_letter.write(key, path, st.spec.name, exc, "", batch.attempts + 1,
-                                   batch.frames)
+                                   [bytes(f) for f in self.frames_of(batch)])
         log.warning("dead letter: step '%s': %d events of a malformed batch: %s",
                     st.spec.name, len(batch.items), exc)
 
@@ -635,7 +675,7 @@ class Router:
         for i, (batch, _) in enumerate(reversed(leases)):
             if count_attempt and i == len(leases) - 1:
                 try:
-                    singles = batch.split() if len(batch.items) > 1 else [batch]
+                    singles = self.split(batch)
                 except ProtocolError as exc:
                     self.dead_letter_batch(st, batch, f"ProtocolError: {exc}")
                     self.hold(batch, -1)
@@ -700,7 +740,7 @@ class Router:
             parts = [batch]
             n, nbytes = len(batch.items), batch.nbytes
             while q and not q[0].attempts and n + len(q[0].items) <= want \
-                    and nbytes + q[0].nbytes < (8 << 20):
+                    and nbytes + q[0].nbytes < (8 << 20) and not batch.blob and not q[0].blob:
                 nxt = st.pop()
                 parts.append(nxt)
                 n += len(nxt.items)
@@ -712,7 +752,10 @@ class Router:
                               nbytes, 0, tuple(r for b in parts for r in b.shm))
         lease_id = next(self.lease_ids)
         w.leases[lease_id] = (batch, time.monotonic())
-        self._send(w, P.DATA, {"lease": lease_id, "items": batch.items}, batch.frames)
+        env = {"lease": lease_id, "items": batch.items}
+        if batch.blob:
+            env["blob"] = batch.blob
+        self._send(w, P.DATA, env, batch.frames)
         return batch
 
     # -- workers -----------------------------------------------------------------------------

@@ -16,6 +16,7 @@ import sys
 import time
 import traceback
 
+import numpy as np
 import zmq
 
 from . import codec
@@ -113,12 +114,24 @@ class Worker:
         return frames + refs if refs else frames
 
     def send_outputs(self, command: bytes, envelope: dict, out: list, payloads: list) -> None:
-        """Send outputs ``[key, path, target]`` with their encoded frames, small ones packed."""
+        """Send outputs ``[key, path, target]`` with their encoded frames, small ones packed into
+        one blob, which goes through shared memory when it is large (the router then moves only
+        its name). Shared-memory pins are reported once the payloads are packed."""
         sizes, frames = P.pack_payloads(payloads)
+        payloads.clear()      # the packed blob is a copy: views of the input may go now
         for entry, sz in zip(out, sizes, strict=False):
             entry.append(sz)
         envelope["out"] = out
         refs = [n for sz in sizes for n in sz if type(n) is str]
+        if self.shm is not None:
+            if len(frames[0]) >= self.shm.threshold:
+                name, _ = self.shm.put(np.frombuffer(frames[0], np.uint8))
+                blob = f"{name}:{len(frames[0])}"
+                frames[0] = b""
+                envelope["blob"] = blob
+                refs.append(blob)
+            if command == P.ACK:
+                self.pin_report(envelope)
         if refs:
             envelope["shm"] = refs
         self.send(command, envelope, frames)
@@ -309,7 +322,7 @@ class Worker:
 
     def handle_data(self, msg: P.Message) -> None:
         items = P.check_items(msg.envelope.get("items"), 4)
-        payloads = P.unpack_payloads([it[3] for it in items], msg.frames)
+        payloads = P.unpack_payloads([it[3] for it in items], self.data_frames(msg))
         out, out_frames, failed = [], [], []
         consumer = self.kind == "consumer"
         t0 = time.perf_counter()
@@ -344,12 +357,23 @@ class Worker:
                 self.send(P.HEARTBEAT)
         env = {"lease": msg.envelope.get("lease"), "failed": failed,
                "busy_s": time.perf_counter() - t0, "dups": dups}
-        if self.shm is not None:
-            # drop this lease's views, then report the segments the step kept arrays of (the
-            # router must not recycle them) and those it has let go since the last report
-            event = result = routed = encoded = payloads = frames = None  # noqa: F841
-            self.pin_report(env)
+        # drop this lease's views before send_outputs reports what the step kept of them (the
+        # router must not recycle those segments) and what it has let go since the last report
+        event = result = routed = encoded = payloads = frames = pairs = None  # noqa: F841
         self.send_outputs(P.ACK, env, out, out_frames)
+
+    def data_frames(self, msg: P.Message) -> list:
+        """A DATA message's frames, its blob mapped from shared memory when it lives there."""
+        blob = msg.envelope.get("blob")
+        if blob is None:
+            return msg.frames
+        if self.shm is None or type(blob) is not str or not msg.frames or len(msg.frames[0]):
+            raise ProtocolError("unexpected shared-memory blob")
+        name, _, n = blob.rpartition(":")
+        view = self.shm.attach(name)
+        if not n.isdigit() or int(n) > len(view):
+            raise ProtocolError("shared-memory blob reference beyond its segment")
+        return [view[:int(n)], *msg.frames[1:]]
 
     def pin_report(self, env: dict) -> None:
         pins = self.shm.retained(self.shm.take_touched())

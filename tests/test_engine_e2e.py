@@ -23,7 +23,15 @@ def load(tmp_path, text: str):
     return graph_from_text(text, str(path))
 
 
-def go(tmp_path, text: str, inline: bool = False, **kw):
+# "shm": batches whose small payloads add up to 256 bytes or more travel as shared-memory blobs
+# (the router moves only their names; explicit routing, retries and dead letters must see through)
+TRANSPORTS = ["inline", "sockets", "shm"]
+
+
+def go(tmp_path, text: str, inline: bool | str = False, **kw):
+    if inline == "shm":
+        text = text.replace("router: {", "router: {shm_threshold: 256, ", 1)
+    inline = inline == "inline" or inline is True
     graph = load(tmp_path, text)
     opts = RunOptions(quiet=True, inline=inline, run_dir=str(tmp_path / "run"), **kw)
     return run(graph, opts)
@@ -58,7 +66,7 @@ router: {dead_letter: OUT/dl.jsonl}
 """
 
 
-@pytest.mark.parametrize("inline", [False, True])
+@pytest.mark.parametrize("inline", TRANSPORTS)
 def test_fan_out_fan_in_counts_exact_by_key(tmp_path, inline):
     summary = go(tmp_path, FAN, inline=inline)
     assert summary.exit_code == EXIT_OK
@@ -91,7 +99,7 @@ def test_two_producers_and_eos(tmp_path):
     assert summary.eos_exit_s is not None and summary.eos_exit_s < 1.0
 
 
-@pytest.mark.parametrize("inline", [False, True])
+@pytest.mark.parametrize("inline", TRANSPORTS)
 def test_drop_one_to_many_and_explicit_routing(tmp_path, inline):
     summary = go(tmp_path, """
         name: shapes
@@ -130,9 +138,10 @@ def test_function_stager(tmp_path):
     assert sorted(r["event"]["value"] for r in rows) == [i + 5 for i in range(50)]
 
 
-def test_step_raising_goes_to_dead_letter_and_run_goes_on(tmp_path):
+@pytest.mark.parametrize("inline", ["sockets", "shm"])
+def test_step_raising_goes_to_dead_letter_and_run_goes_on(tmp_path, inline):
     stats = tmp_path / "stats.jsonl"
-    summary = go(tmp_path, """
+    summary = go(tmp_path, inline=inline, text="""
         name: fail
         steps:
           - {name: read, use: "tests.steps:Counter", with: {n: 200}, to: [check]}

@@ -186,3 +186,47 @@ def test_recycled_segments_never_change_under_an_array_a_step_keeps(tmp_path):
     assert sorted(report["keys"], key=int) == [str(i) for i in range(80)]
     assert report["bad"] == []
     assert report["segments"] < 80, report     # recycled: not one new segment per event
+
+
+def test_kill_9_with_batches_in_shared_memory_loses_nothing_and_leaks_nothing(tmp_path):
+    """Batches travel as shared-memory blobs (threshold 256 bytes): workers killed every 0.2 s
+    hold leases whose blobs the router must requeue, split and finally release."""
+    import random
+    import signal
+
+    from tests.test_faults import counts
+
+    graph = load(tmp_path, """
+        name: kill-shm
+        steps:
+          - {name: read, use: "tests.steps:Counter", with: {n: 3000}, to: [work]}
+          - {name: work, use: "tests.steps:Sleep", with: {ms: 0.3}, workers: 2, to: [add]}
+          - {name: add, use: "tests.steps:AddOne", workers: 2, to: [write]}
+          - {name: write, use: "tests.steps:ListConsumer", with: {path: OUT/out.jsonl}}
+        router: {dead_letter: OUT/dl.jsonl, max_retries: 50, heartbeat_s: 0.5,
+                 shm_threshold: 256}
+        """)
+    rng = random.Random(2)
+    killed, seen = [], []
+
+    def kill_one(router):
+        kill_one.prefix = router.shm_store.prefix
+        seen.append(len(segments(kill_one.prefix)))
+        victims = [w for w in list(router.workers.values())
+                   if w.step in ("work", "add") and w.state == "ready"
+                   and w.handle is not None and w.handle.alive()]
+        if victims:
+            v = rng.choice(victims)
+            try:
+                os.kill(v.handle.process.pid, signal.SIGKILL)
+                killed.append(v.id)
+            except ProcessLookupError:
+                pass
+
+    summary = run_watching(graph, tmp_path, 0.2, kill_one)
+    assert len(killed) >= 3, "the test must actually kill workers"
+    c = counts(tmp_path / "out.jsonl")
+    assert set(c) == {str(i) for i in range(3000)} and max(c.values()) == 1
+    assert summary.exit_code == EXIT_OK
+    assert max(seen) > 0, "batches went through shared memory"
+    assert not segments(kill_one.prefix), "every segment was removed"
