@@ -140,12 +140,20 @@ def check_items(items: Any, width: int, deep: bool = True) -> list:
 
 
 def pack_payloads(payloads) -> tuple[list, list]:
-    """Events' frame lists -> (sizes per event, message frames ``[blob, big1, big2, ...]``).
+    """Events' frame lists -> (sizes per event, message frames ``[blob, big1, big2, ...]``);
+    see `split_payloads`."""
+    specs, small, big = split_payloads(payloads)
+    return specs, [b"".join(small), *big]
+
+
+def split_payloads(payloads) -> tuple[list, list, list]:
+    """Events' frame lists -> (sizes per event, frames of the blob, big frames).
 
     Frames up to `SMALL_MAX` bytes are concatenated into one blob (one ZeroMQ frame for a whole
     batch of small events: pyzmq's per-frame cost dominated small events); larger frames travel as
     their own frames without a copy. A size ``n >= 0`` is the next ``n`` bytes of the blob, ``-1``
     the next big frame, a string ``"name:nbytes"`` a shared-memory segment the event references.
+    Returns (sizes per event, the small frames to concatenate into the blob, the big frames).
     """
     small, big, specs = [], [], []
     for frames in payloads:
@@ -162,7 +170,7 @@ def pack_payloads(payloads) -> tuple[list, list]:
                 big.append(f)
                 spec.append(-1)
         specs.append(spec)
-    return specs, [b"".join(small), *big]
+    return specs, small, big
 
 
 def repack(items) -> tuple[list, list]:

@@ -101,20 +101,40 @@ class ShmStore:
         hit = self.lookup(arr)
         if hit is not None:
             return hit
-        nbytes = arr.nbytes
-        cap = capacity(nbytes)
-        name, mm = self._reclaim(cap)
-        if mm is None:
-            if self._pooled + cap <= self.pool_bytes:
-                name, mm = self._create(f"{self.prefix}{os.getpid()}-p{next(self._ids)}", cap)
-                self._pool.setdefault(cap, collections.deque()).append((name, mm))
-                self._pooled += cap
-            else:
-                name, mm = self._create(f"{self.prefix}{os.getpid()}-{next(self._ids)}", nbytes)
-        np.frombuffer(mm, np.uint8, nbytes)[:] = arr.reshape(-1).view(np.uint8)
+        name, mm = self._segment(arr.nbytes)
+        np.frombuffer(mm, np.uint8, arr.nbytes)[:] = arr.reshape(-1).view(np.uint8)
         if not is_pooled(name):
             mm.close()
         return name, 0
+
+    def put_parts(self, parts: list, nbytes: int) -> str:
+        """The name of a segment holding the concatenation of ``parts`` (``nbytes`` in all):
+        a batch's blob, written without joining it first."""
+        name, mm = self._segment(nbytes)
+        view = memoryview(mm)
+        pos = 0
+        for p in parts:
+            n = len(p)
+            view[pos:pos + n] = p
+            pos += n
+        view.release()
+        if not is_pooled(name):
+            mm.close()
+        return name
+
+    def _segment(self, nbytes: int) -> tuple[str, mmap.mmap]:
+        """A writable segment of at least ``nbytes``: recycled from the pool, new and pooled while
+        the pool has room, else new and unpooled."""
+        cap = capacity(nbytes)
+        name, mm = self._reclaim(cap)
+        if mm is not None:
+            return name, mm
+        if self._pooled + cap <= self.pool_bytes:
+            name, mm = self._create(f"{self.prefix}{os.getpid()}-p{next(self._ids)}", cap)
+            self._pool.setdefault(cap, collections.deque()).append((name, mm))
+            self._pooled += cap
+            return name, mm
+        return self._create(f"{self.prefix}{os.getpid()}-{next(self._ids)}", nbytes)
 
     def _create(self, name: str, size: int) -> tuple[str, mmap.mmap]:
         fd = os.open(self._path(name), os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)

@@ -16,7 +16,6 @@ import sys
 import time
 import traceback
 
-import numpy as np
 import zmq
 
 from . import codec
@@ -121,21 +120,23 @@ class Worker:
         """Send outputs ``[key, path, target]`` with their encoded frames, small ones packed into
         one blob, which goes through shared memory when it is large (the router then moves only
         its name). Shared-memory pins are reported once the payloads are packed."""
-        sizes, frames = P.pack_payloads(payloads)
-        payloads.clear()      # the packed blob is a copy: views of the input may go now
+        sizes, small, big = P.split_payloads(payloads)
         for entry, sz in zip(out, sizes, strict=False):
             entry.append(sz)
         envelope["out"] = out
         refs = [n for sz in sizes for n in sz if type(n) is str]
-        if self.shm is not None:
-            if len(frames[0]) >= self.shm.threshold:
-                name, _ = self.shm.put(np.frombuffer(frames[0], np.uint8))
-                blob = f"{name}:{len(frames[0])}"
-                frames[0] = b""
-                envelope["blob"] = blob
-                refs.append(blob)
-            if command == P.ACK:
-                self.pin_report(envelope)
+        nbytes = sum(map(len, small))
+        if self.shm is not None and nbytes >= self.shm.threshold:
+            blob = f"{self.shm.put_parts(small, nbytes)}:{nbytes}"
+            frames = [b"", *big]
+            envelope["blob"] = blob
+            refs.append(blob)
+        else:
+            frames = [b"".join(small), *big]
+        small.clear()
+        payloads.clear()      # copied into the blob: views of the input may go now
+        if self.shm is not None and command == P.ACK:
+            self.pin_report(envelope)
         if refs:
             envelope["shm"] = refs
         self.send(command, envelope, frames)
