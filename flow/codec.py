@@ -176,7 +176,10 @@ class _Encoder:
         if t is np.ndarray:
             if self.refs is not None and obj.nbytes >= _shm_store.threshold \
                     and obj.dtype in _DTYPE_CODE and obj.ndim <= MAX_NDIM:
-                return _new_ext(_ExtType, (EXT_NDARRAY_SHM, _shm_payload(obj, self.refs)))
+                try:
+                    return _new_ext(_ExtType, (EXT_NDARRAY_SHM, _shm_payload(obj, self.refs)))
+                except OSError:  # /dev/shm full: this array travels as a plain frame
+                    pass
             return _new_ext(_ExtType, _array_payload(obj, self.frames, self.inline_max))
         if t is tuple:
             return list(obj)

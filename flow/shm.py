@@ -137,10 +137,17 @@ class ShmStore:
         return self._create(f"{self.prefix}{os.getpid()}-{next(self._ids)}", nbytes)
 
     def _create(self, name: str, size: int) -> tuple[str, mmap.mmap]:
-        fd = os.open(self._path(name), os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+        """A new segment; OSError (ENOSPC) when /dev/shm is full, not a SIGBUS on first write
+        (a container's /dev/shm is often only 64 MB): the caller then sends plain frames."""
+        path = self._path(name)
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
         try:
-            os.ftruncate(fd, size)
+            if size:
+                os.posix_fallocate(fd, 0, size)
             return name, mmap.mmap(fd, size)
+        except OSError:
+            os.unlink(path)
+            raise
         finally:
             os.close(fd)
 

@@ -126,12 +126,16 @@ class Worker:
         envelope["out"] = out
         refs = [n for sz in sizes for n in sz if type(n) is str]
         nbytes = sum(map(len, small))
+        frames = None
         if self.shm is not None and nbytes >= self.shm.threshold:
-            blob = f"{self.shm.put_parts(small, nbytes)}:{nbytes}"
-            frames = [b"", *big]
-            envelope["blob"] = blob
-            refs.append(blob)
-        else:
+            try:
+                blob = f"{self.shm.put_parts(small, nbytes)}:{nbytes}"
+                frames = [b"", *big]
+                envelope["blob"] = blob
+                refs.append(blob)
+            except OSError:   # /dev/shm full: the blob travels in the message
+                pass
+        if frames is None:
             frames = [b"".join(small), *big]
         small.clear()
         payloads.clear()      # copied into the blob: views of the input may go now

@@ -230,3 +230,20 @@ def test_kill_9_with_batches_in_shared_memory_loses_nothing_and_leaks_nothing(tm
     assert summary.exit_code == EXIT_OK
     assert max(seen) > 0, "batches went through shared memory"
     assert not segments(kill_one.prefix), "every segment was removed"
+
+
+def test_full_dev_shm_falls_back_to_plain_frames(store, monkeypatch):
+    """A container's /dev/shm is often 64 MB: a segment that cannot be allocated is an error
+    caught at creation (not a SIGBUS on first write), and the array travels as a frame."""
+    import errno
+
+    def full(fd, offset, size):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    a = np.arange(1 << 16, dtype=np.float64)
+    refs: list = []
+    frames = codec.encode({"a": a}, refs=refs)
+    assert refs == [] and len(frames) == 2
+    assert np.array_equal(codec.decode(frames)["a"], a)
+    assert not segments(store.prefix), "the failed segment was removed"
