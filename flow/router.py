@@ -23,7 +23,7 @@ from .errors import ProtocolError, RunError, StepError
 from .graph import Graph, StepSpec
 from .launcher import Handle, LocalLauncher
 from .memory import tune_malloc
-from .shm import ShmStore, ref_name, ref_size
+from .shm import ShmStore, ref_name, ref_size, shm_free_bytes
 
 log = logging.getLogger("flow.router")
 
@@ -217,6 +217,10 @@ class Router:
         """Large arrays travel through shared memory (flow/shm.py); only for local workers."""
         self.shm_store = ShmStore(prefix, threshold)
         self.shm_store.cleanup()
+        # each process may keep this much of /dev/shm pooled: about what can be in flight, and
+        # never more than a quarter of what is free (a container's /dev/shm can be small)
+        self.shm_pool_bytes = min(2 * self.opts.queue_limit_bytes + (64 << 20),
+                                  shm_free_bytes() // 4)
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -422,7 +426,7 @@ class Router:
                "heartbeat_s": self.opts.heartbeat_s, "liveness": self.opts.liveness,
                "batch_max": self.opts.batch_max, "replacement": st.spawned > 1,
                "shm": ({"prefix": self.shm_store.prefix, "threshold": self.shm_store.threshold,
-                        "pool_bytes": 2 * self.opts.queue_limit_bytes + (64 << 20)}
+                        "pool_bytes": self.shm_pool_bytes}
                        if self.shm_store is not None else None)}
         self._send(w, P.CONFIG, env, self.context_frames)
 

@@ -11,7 +11,8 @@ where the prefix holds the run id, so nothing outside the run can be mapped thro
 **Recycling.** A fresh segment costs far more than the copy into it (the kernel hands out zeroed
 pages and each first touch faults: ~5 ms for 4 MB against ~0.2 ms for the copy). So each process
 keeps a pool of the segments it created (``<prefix><pid>-p<n>``, up to ``pool_bytes``: twice the
-router's ``queue_limit_bytes`` plus 64 MB, about what can be in flight beyond the queues; mapped
+router's ``queue_limit_bytes`` plus 64 MB, about what can be in flight beyond the queues, and at
+most a quarter of the free space of /dev/shm; mapped
 read-write): the router *releases* a pooled segment by renaming it to ``<name>~free``, and its
 creator takes it back with one rename before writing the next array into the same, already mapped
 pages. A segment is released only when no batch references it **and** no process still maps it:
@@ -42,6 +43,15 @@ POOL_TRIES = 2          # pooled segments a put() tries to take back before maki
 
 def available() -> bool:
     return os.path.isdir(SHM_DIR) and os.access(SHM_DIR, os.W_OK)
+
+
+def shm_free_bytes() -> int:
+    """Bytes free under /dev/shm (0 when it cannot be read)."""
+    try:
+        st = os.statvfs(SHM_DIR)
+    except OSError:
+        return 0
+    return st.f_bavail * st.f_frsize
 
 
 def ref_size(ref: str) -> int:
