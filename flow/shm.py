@@ -80,12 +80,13 @@ def capacity(nbytes: int) -> int:
 class ShmStore:
     """Creates, maps and recognises this run's segments (one per process)."""
 
-    def __init__(self, prefix: str, threshold: int, pool_bytes: int = 0):
+    def __init__(self, prefix: str, threshold: int, pool_bytes: int = 0, pins: bool = False):
         if not prefix or "/" in prefix:
             raise ValueError("a shared-memory prefix is a plain file name prefix")
         self.prefix = prefix
         self.threshold = threshold
         self.pool_bytes = pool_bytes
+        self.pins = pins                       # track attached segments (workers report them)
         self._ids = itertools.count()
         self._maps: dict[int, tuple[str, int, int]] = {}   # id(mmap) -> (name, address, size)
         # pinning: which attached segments this process still maps (finalizers may run on the
@@ -228,6 +229,8 @@ class ShmStore:
 
     def _unmapped(self, key: int, name: str) -> None:
         self._maps.pop(key, None)
+        if not self.pins:
+            return
         with self._lock:
             n = self._live.get(name, 0) - 1
             if n > 0:
@@ -253,9 +256,10 @@ class ShmStore:
             return memoryview(b"")
         address = np.frombuffer(mm, np.uint8).__array_interface__["data"][0]
         self._maps[id(mm)] = (name, address, size)
-        with self._lock:
-            self._live[name] = self._live.get(name, 0) + 1
-            self._touched.append(name)
+        if self.pins:
+            with self._lock:
+                self._live[name] = self._live.get(name, 0) + 1
+                self._touched.append(name)
         weakref.finalize(mm, self._unmapped, id(mm), name)
         return memoryview(mm)
 

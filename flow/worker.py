@@ -210,7 +210,7 @@ class Worker:
         if shm:
             from .shm import ShmStore
             self.shm = ShmStore(shm["prefix"], int(shm["threshold"]),
-                                int(shm.get("pool_bytes", 0)))
+                                int(shm.get("pool_bytes", 0)), pins=True)
             codec.configure_shm(self.shm)
             self.use_shm = True
         try:

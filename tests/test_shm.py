@@ -149,6 +149,7 @@ def test_unpooled_segments_are_unlinked_on_release(store):
 
 
 def test_a_worker_pins_what_it_keeps_and_unpins_what_it_lets_go(store):
+    store.pins = True                              # a worker's store tracks what it maps
     producer = ShmStore(store.prefix, 1 << 16, pool_bytes=8 << 20)
     frames = [codec.encode({"a": np.full(1 << 18, float(i))}, refs=[]) for i in range(2)]
     # (the producer side of the codec is this process's `store`: use the pool directly)
@@ -164,6 +165,10 @@ def test_a_worker_pins_what_it_keeps_and_unpins_what_it_lets_go(store):
     assert kept[0] == 0.0 and store.take_released() == []
     del kept, frames
     assert store.take_released() == [names[0]]
+    router = ShmStore(store.prefix, 1 << 16)       # the router's does not (it never reports)
+    view = router.attach(names[0])
+    assert router.take_touched() == [] and router.retained(names) == []
+    del view
 
 
 KEEP = """
