@@ -23,7 +23,7 @@ from .errors import ProtocolError, RunError, StepError
 from .graph import Graph, StepSpec
 from .launcher import Handle, LocalLauncher
 from .memory import tune_malloc
-from .shm import ShmStore, ref_name, ref_size, shm_free_bytes
+from .shm import ShmStore, creator_pid, ref_name, ref_size, shm_free_bytes
 
 log = logging.getLogger("flow.router")
 
@@ -182,6 +182,7 @@ class Router:
         self.shm_store: ShmStore | None = None    # set by enable_shm
         self.shm_refs: dict[str, int] = {}
         self.shm_pins: dict[str, set] = {}        # segment -> workers that still map it
+        self.shm_gone: set[int] = set()           # pids of workers gone (their pools with them)
         self.extra_sockets: dict = {}
         self.steps: dict[str, StepState] = {}
         for i, spec in enumerate(graph.steps):
@@ -574,7 +575,7 @@ class Router:
 
     def _release_if_unused(self, name: str) -> None:
         if name not in self.shm_refs and name not in self.shm_pins:
-            self.shm_store.release(name)
+            self._release(name)
 
     def hold(self, batch: Batch, k: int) -> None:
         """Count (k=+1) or release (k=-1) a queued or leased batch's shared-memory segments; a
@@ -587,7 +588,7 @@ class Router:
             else:
                 self.shm_refs.pop(name, None)
                 if name not in self.shm_pins:
-                    self.shm_store.release(name)
+                    self._release(name)
 
     def pin(self, w: WorkerState, env: dict) -> None:
         """A worker's report of the segments it still maps after a lease (``pins``) and of those
@@ -612,14 +613,20 @@ class Router:
         if not holders:
             del self.shm_pins[name]
             if name not in self.shm_refs:
-                self.shm_store.release(name)
+                self._release(name)
 
     def unpin_all(self, w: WorkerState) -> None:
         """A worker is gone: its mappings with it. Its own released segments find no taker."""
         for name in [n for n, holders in self.shm_pins.items() if w.id in holders]:
             self._unpin(name, w.id)
         if self.shm_store is not None and w.pid:   # shared memory: local workers only
+            self.shm_gone.add(w.pid)
             self.shm_store.release_pool_of(w.pid)
+
+    def _release(self, name: str) -> None:
+        """Hand a segment back to its creator, or unlink it if that process is gone."""
+        self.shm_store.release(name, unlink=creator_pid(name, self.shm_store.prefix)
+                               in self.shm_gone)
 
     def _refs(self, msg: P.Message) -> tuple[tuple, str]:
         """(shared-memory references, blob reference or "") of a PRODUCE or ACK, checked."""

@@ -68,6 +68,12 @@ def is_pooled(name: str) -> bool:
     return name.rpartition("-")[2].startswith("p")
 
 
+def creator_pid(name: str, prefix: str) -> int:
+    """The pid of the process that created segment ``<prefix><pid>-...`` (0 if unreadable)."""
+    pid = name[len(prefix):].partition("-")[0]
+    return int(pid) if pid.isdigit() else 0
+
+
 def capacity(nbytes: int) -> int:
     """The size of a pooled segment for ``nbytes``: rounded up to 1/8 of its power of two (at
     most 12.5 % unused), so that events of slightly varying size share segments."""
@@ -183,10 +189,10 @@ class ShmStore:
             return name, mm
         return "", None
 
-    def release(self, name: str) -> None:
+    def release(self, name: str, unlink: bool = False) -> None:
         """The router's side: nothing references segment ``name`` any more. A pooled segment goes
-        back to its creator (renamed ``~free``), any other is unlinked."""
-        if is_pooled(name):
+        back to its creator (renamed ``~free``), any other (or with ``unlink``) is unlinked."""
+        if is_pooled(name) and not unlink:
             path = self._path(name)
             try:
                 os.rename(path, path + FREE)

@@ -13,7 +13,7 @@ from flow import codec
 from flow.errors import ProtocolError
 from flow.replay import replay_graph
 from flow.run import RunOptions, run
-from flow.shm import FREE, SHM_DIR, ShmStore, available, capacity, is_pooled
+from flow.shm import FREE, SHM_DIR, ShmStore, available, capacity, creator_pid, is_pooled
 from flow.summary import EXIT_OK, EXIT_PARTIAL
 from tests.test_engine_e2e import load
 from tests.test_faults import run_watching
@@ -138,6 +138,14 @@ def test_pooled_segment_is_reused_only_once_released(store):
     assert third == first and producer.reused == 1
     assert np.all(np.frombuffer(store.attach(third), np.float64)[: 1 << 18] == 3.0)
     assert np.all(np.frombuffer(store.attach(second), np.float64)[: 1 << 18] == 2.0)
+
+
+def test_segments_of_a_process_that_is_gone_are_unlinked_not_recycled(store):
+    producer = ShmStore(store.prefix, 1 << 16, pool_bytes=8 << 20)
+    name, _ = producer.put(np.ones(1 << 18))
+    assert creator_pid(name, store.prefix) == os.getpid()
+    store.release(name, unlink=True)               # what the router does once its creator left
+    assert not segments(store.prefix)
 
 
 def test_unpooled_segments_are_unlinked_on_release(store):
