@@ -378,7 +378,10 @@ class Router:
             pass
         elif cmd == P.STATS:
             env = msg.envelope
-            w.cpu, w.rss = float(env.get("cpu", 0.0)), int(env.get("rss", 0))
+            try:
+                w.cpu, w.rss = float(env.get("cpu", 0.0)), int(env.get("rss", 0))
+            except (TypeError, ValueError):
+                raise ProtocolError("malformed STATS") from None
             self.pin(w, env)
         elif cmd == P.HELLO:
             self.on_hello(w, msg)
@@ -442,45 +445,73 @@ class Router:
         self.last_event_t = time.monotonic()
 
     def on_ack(self, w: WorkerState, msg: P.Message) -> None:
-        lease = w.leases.pop(msg.envelope.get("lease"), None)
-        if lease is None:
+        lease_id = msg.envelope.get("lease")
+        if type(lease_id) is not int or lease_id not in w.leases:
             self.stale_acks += 1
             return
-        batch, t0 = lease
-        n = len(batch.items)
         st = self.steps[w.step]
-        out = P.check_items(msg.envelope.get("out", []), 4, deep=False)
-        failed = msg.envelope.get("failed", [])
-        if not isinstance(failed, list):
-            raise ProtocolError("malformed failure list in ACK")
+        try:   # check everything before anything changes: a malformed ACK loses nothing
+            out, failed, refs, blob, busy, dups = self._check_ack(msg, len(w.leases[lease_id][0].items))
+        except ProtocolError as exc:
+            batch, _ = w.leases.pop(lease_id)
+            self._fail_lease(st, batch, f"malformed ACK from worker {w.id.decode(errors='replace')}: "
+                                        f"{exc}")
+            raise
+        batch, t0 = w.leases.pop(lease_id)
+        n = len(batch.items)
         if failed:
             try:
                 singles = self.split(batch)
             except ProtocolError as exc:  # malformed payload sizes: keep the raw batch, once
                 self.dead_letter_batch(st, batch, f"ProtocolError: {exc}")
                 failed = []
-            for entry in failed:
-                if not (isinstance(entry, list) and len(entry) == 3 and type(entry[0]) is int
-                        and 0 <= entry[0] < n):
-                    raise ProtocolError("malformed failure entry in ACK")
-                index, exc, tb = entry
+            for index, exc, tb in failed:
                 self.retry_or_dead_letter(st, singles[index], str(exc), str(tb))
         ok = n - len(failed)
         st.n_done += ok
         w.done += ok
         w.errors += len(failed)
-        busy = float(msg.envelope.get("busy_s", 0.0))
         st.busy_s += busy
         if n:
             st.latencies.extend([busy / n] * min(n, 16))
         if st.kind == "consumer":
-            st.n_dups += int(msg.envelope.get("dups", 0))
-        st.n_out += self.enqueue_outputs(st, out, msg.frames, *self._refs(msg))
+            st.n_dups += dups
+        st.n_out += self.enqueue_outputs(st, out, msg.frames, refs, blob)
         self.pin(w, msg.envelope)       # before the lease's segments are released
         self.hold(batch, -1)
         self.last_event_t = time.monotonic()
         if w.state == "retiring" and not w.leases:
             self._send(w, P.STOP, {"teardown": True})
+
+    def _check_ack(self, msg: P.Message, n: int) -> tuple:
+        """(outputs, failures, shm references, blob, busy_s, dups) of an ACK for ``n`` events;
+        ProtocolError if any of it is malformed."""
+        env = msg.envelope
+        out = P.check_items(env.get("out", []), 4, deep=False)
+        failed = env.get("failed", [])
+        if type(failed) is not list or not all(
+                type(e) is list and len(e) == 3 and type(e[0]) is int and 0 <= e[0] < n
+                for e in failed):
+            raise ProtocolError("malformed failure list in ACK")
+        busy, dups = env.get("busy_s", 0.0), env.get("dups", 0)
+        if type(busy) not in (int, float) or type(dups) is not int:
+            raise ProtocolError("malformed busy_s or dups in ACK")
+        refs, blob = self._refs(msg)
+        self._check_pins(env)
+        return out, failed, refs, blob, float(busy), dups
+
+    def _fail_lease(self, st: StepState, batch: Batch, reason: str) -> None:
+        """A lease that ended badly (its worker died, or answered with garbage): each of its
+        events is retried alone, or dead-lettered after max_retries."""
+        try:
+            singles = self.split(batch)
+        except ProtocolError as exc:
+            self.dead_letter_batch(st, batch, f"ProtocolError: {exc}")
+            self.hold(batch, -1)
+            return
+        for single in reversed(singles):
+            self.retry_or_dead_letter(st, single, reason, "")
+        self.hold(batch, -1)
 
     def on_bye(self, w: WorkerState, msg: P.Message) -> None:
         err = msg.envelope.get("error")
@@ -596,14 +627,18 @@ class Router:
         pins, unpins = env.get("pins"), env.get("unpins")
         if pins is None and unpins is None:
             return
-        for names in (pins, unpins):
-            if names is not None and (self.shm_store is None or type(names) is not list or not all(
-                    type(n) is str and n.startswith(self.shm_store.prefix) for n in names)):
-                raise ProtocolError("malformed shared-memory pins")
+        self._check_pins(env)
         for name in pins or ():
             self.shm_pins.setdefault(name, set()).add(w.id)
         for name in unpins or ():
             self._unpin(name, w.id)
+
+    def _check_pins(self, env: dict) -> None:
+        for key in ("pins", "unpins"):
+            names = env.get(key)
+            if names is not None and (self.shm_store is None or type(names) is not list or not all(
+                    type(n) is str and n.startswith(self.shm_store.prefix) for n in names)):
+                raise ProtocolError(f"malformed shared-memory {key}")
 
     def _unpin(self, name: str, wid: bytes) -> None:
         holders = self.shm_pins.get(name)
@@ -685,15 +720,7 @@ class Router:
         w.leases.clear()
         for i, (batch, _) in enumerate(reversed(leases)):
             if count_attempt and i == len(leases) - 1:
-                try:
-                    singles = self.split(batch)
-                except ProtocolError as exc:
-                    self.dead_letter_batch(st, batch, f"ProtocolError: {exc}")
-                    self.hold(batch, -1)
-                    continue
-                for single in reversed(singles):
-                    self.retry_or_dead_letter(st, single, reason, "")
-                self.hold(batch, -1)
+                self._fail_lease(st, batch, reason)
             else:
                 st.push(batch, front=True)
 

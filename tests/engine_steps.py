@@ -79,6 +79,33 @@ class Blobs(Producer):
         return self.n
 
 
+class GarbleAckOnce(Stager):
+    """On i == `at` (once per `marker` file), makes this worker's next ACK malformed (a worker
+    bug, or garbage on the wire): the router must reject it without losing the lease's events."""
+
+    at = Param(int, 5, "i whose lease gets a malformed ACK")
+    marker = Param(str, REQUIRED, "file marking that the fault happened")
+
+    def process(self, event):
+        if event["i"] == self.at and not os.path.exists(self.marker):
+            Path(self.marker).write_text("garbled")
+            import gc
+
+            from flow import protocol as P
+            # the worker runs as `python -m flow.worker`: its class lives in __main__
+            w = next(o for o in gc.get_objects()
+                     if type(o).__name__ == "Worker" and hasattr(o, "send_outputs"))
+            send = w.send
+
+            def garbled(command, envelope=None, frames=None):
+                if command == P.ACK:
+                    envelope = dict(envelope or {}, failed="garbage")
+                    w.send = send
+                return send(command, envelope, frames)
+            w.send = garbled
+        return event
+
+
 class Filled(Producer):
     """Yields n events whose float32 array of `nbytes` bytes is filled with i (a new array each)."""
 

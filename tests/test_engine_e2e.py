@@ -241,3 +241,20 @@ def test_shards_split_the_stream_without_overlap(tmp_path, inline):
     assert all(40 < len(s) < 240 for s in seen)  # a hash split: about a third each
     assert not (seen[0] & seen[1]) and not (seen[1] & seen[2]) and not (seen[0] & seen[2])
     assert seen[0] | seen[1] | seen[2] == {str(i) for i in range(400)}
+
+
+def test_a_malformed_ack_is_rejected_and_its_events_are_not_lost(tmp_path):
+    summary = go(tmp_path, """
+        name: garble
+        steps:
+          - {name: read, use: "tests.steps:Counter", with: {n: 300}, to: [garble]}
+          - {name: garble, use: "tests.engine_steps:GarbleAckOnce",
+             with: {at: 5, marker: OUT/garbled}, to: [write]}
+          - {name: write, use: "tests.steps:ListConsumer", with: {path: OUT/out.jsonl}}
+        router: {dead_letter: OUT/dl.jsonl}
+        """)
+    assert (tmp_path / "garbled").exists(), "the fault happened"
+    assert summary.exit_code == EXIT_OK
+    keys = keys_by_step(tmp_path / "out.jsonl")
+    assert set(keys) == {str(i) for i in range(300)} and max(keys.values()) == 1
+    assert summary.rejected == 1 and summary.retries >= 1 and summary.errors >= 1
