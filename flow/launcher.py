@@ -292,7 +292,8 @@ class LocalLauncher:
                 h.agent = ident
         self._by_ident[ident] = agent_id
         agent.host, agent.name = str(env.get("host", "")), str(env.get("name", ""))
-        agent.pid, agent.cpus, agent.last_seen = int(env.get("pid", 0) or 0), cpus, now
+        pid = env.get("pid", 0)
+        agent.pid, agent.cpus, agent.last_seen = pid if type(pid) is int else 0, cpus, now
         for wid, rc in exited:
             h = agent.workers.pop(wid, None)
             if h is not None:

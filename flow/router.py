@@ -421,7 +421,10 @@ class Router:
 
     def on_hello(self, w: WorkerState, msg: P.Message) -> None:
         st = self.steps[w.step]
-        w.pid = int(msg.envelope.get("pid", 0))
+        pid = msg.envelope.get("pid", 0)
+        if type(pid) is not int:
+            raise ProtocolError("malformed pid in HELLO")
+        w.pid = pid
         w.host = str(msg.envelope.get("host", ""))
         spec = st.spec
         env = {"step": spec.name, "kind": spec.kind, "index": st.index,
