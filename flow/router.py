@@ -22,8 +22,9 @@ from .deadletter import DeadLetterFile
 from .errors import ProtocolError, RunError, StepError
 from .graph import Graph, StepSpec
 from .launcher import Handle, LocalLauncher
+from .ledger import SegmentLedger
 from .memory import tune_malloc
-from .shm import ShmStore, creator_pid, ref_name, ref_size, shm_free_bytes
+from .shm import ShmStore, ref_name, ref_size, shm_free_bytes
 
 log = logging.getLogger("flow.router")
 
@@ -180,9 +181,7 @@ class Router:
         self.publisher = None
         self.agents: set[bytes] = set()
         self.shm_store: ShmStore | None = None    # set by enable_shm
-        self.shm_refs: dict[str, int] = {}
-        self.shm_pins: dict[str, set] = {}        # segment -> workers that still map it
-        self.shm_gone: set[int] = set()           # pids of workers gone (their pools with them)
+        self.ledger: SegmentLedger | None = None  # who still needs each segment
         self.extra_sockets: dict = {}
         self.steps: dict[str, StepState] = {}
         for i, spec in enumerate(graph.steps):
@@ -218,6 +217,7 @@ class Router:
         """Large arrays travel through shared memory (flow/shm.py); only for local workers."""
         self.shm_store = ShmStore(prefix, threshold)
         self.shm_store.cleanup()
+        self.ledger = SegmentLedger(self.shm_store)
         # each process may keep this much of /dev/shm pooled: about what can be in flight, and
         # never more than a quarter of what is free (a container's /dev/shm can be small)
         self.shm_pool_bytes = min(2 * self.opts.queue_limit_bytes + (64 << 20),
@@ -299,8 +299,7 @@ class Router:
         self.dead_letter.close()
         if self.shm_store is not None:
             self.shm_store.cleanup()
-            self.shm_refs.clear()
-            self.shm_pins.clear()
+            self.ledger.clear()
         self.sock.close(0)
         if self.security is not None:
             self.security.stop()
@@ -500,7 +499,10 @@ class Router:
         if type(busy) not in (int, float) or type(dups) is not int:
             raise ProtocolError("malformed busy_s or dups in ACK")
         refs, blob = self._refs(msg)
-        self._check_pins(env)
+        if self.ledger is not None:
+            self.ledger.check(env)
+        elif env.get("pins") or env.get("unpins"):
+            raise ProtocolError("shared-memory pins where none is used")
         return out, failed, refs, blob, float(busy), dups
 
     def _fail_lease(self, st: StepState, batch: Batch, reason: str) -> None:
@@ -551,7 +553,7 @@ class Router:
         nothing was routed explicitly (the common case: no per-event work here), else per target."""
         if not items:
             if blob:
-                self._release_if_unused(ref_name(blob))
+                self.ledger.release_if_unused(ref_name(blob))
             return 0
         kept = blob    # the whole batch goes on with its shared-memory blob, unless split
         if all(not it[2] for it in items):
@@ -584,7 +586,7 @@ class Router:
             dst.push(batch)
             dst.n_in += len(its)
         if blob and not (kept and routes):   # copied out, or routed nowhere
-            self._release_if_unused(ref_name(blob))
+            self.ledger.release_if_unused(ref_name(blob))
         return len(items)
 
     def frames_of(self, batch: Batch) -> list:
@@ -607,64 +609,20 @@ class Router:
             return [batch]
         return batch.split(self.frames_of(batch))
 
-    def _release_if_unused(self, name: str) -> None:
-        if name not in self.shm_refs and name not in self.shm_pins:
-            self._release(name)
-
     def hold(self, batch: Batch, k: int) -> None:
-        """Count (k=+1) or release (k=-1) a queued or leased batch's shared-memory segments; a
-        segment no batch references and no worker still maps is released (flow/shm.py)."""
-        for ref in batch.shm:
-            name = ref_name(ref)
-            n = self.shm_refs.get(name, 0) + k
-            if n > 0:
-                self.shm_refs[name] = n
-            else:
-                self.shm_refs.pop(name, None)
-                if name not in self.shm_pins:
-                    self._release(name)
+        """Count (k=+1) or release (k=-1) a queued or leased batch's shared-memory segments."""
+        if batch.shm:
+            self.ledger.hold(batch.shm, k)
 
     def pin(self, w: WorkerState, env: dict) -> None:
-        """A worker's report of the segments it still maps after a lease (``pins``) and of those
-        it has let go since (``unpins``)."""
-        pins, unpins = env.get("pins"), env.get("unpins")
-        if pins is None and unpins is None:
-            return
-        self._check_pins(env)
-        for name in pins or ():
-            self.shm_pins.setdefault(name, set()).add(w.id)
-        for name in unpins or ():
-            self._unpin(name, w.id)
-
-    def _check_pins(self, env: dict) -> None:
-        for key in ("pins", "unpins"):
-            names = env.get(key)
-            if names is not None and (self.shm_store is None or type(names) is not list or not all(
-                    type(n) is str and n.startswith(self.shm_store.prefix) for n in names)):
-                raise ProtocolError(f"malformed shared-memory {key}")
-
-    def _unpin(self, name: str, wid: bytes) -> None:
-        holders = self.shm_pins.get(name)
-        if holders is None:
-            return
-        holders.discard(wid)
-        if not holders:
-            del self.shm_pins[name]
-            if name not in self.shm_refs:
-                self._release(name)
+        if self.ledger is not None:
+            self.ledger.pin(w.id, env)
+        elif env.get("pins") or env.get("unpins"):
+            raise ProtocolError("shared-memory pins where none is used")
 
     def unpin_all(self, w: WorkerState) -> None:
-        """A worker is gone: its mappings with it. Its own released segments find no taker."""
-        for name in [n for n, holders in self.shm_pins.items() if w.id in holders]:
-            self._unpin(name, w.id)
-        if self.shm_store is not None and w.pid:   # shared memory: local workers only
-            self.shm_gone.add(w.pid)
-            self.shm_store.release_pool_of(w.pid)
-
-    def _release(self, name: str) -> None:
-        """Hand a segment back to its creator, or unlink it if that process is gone."""
-        self.shm_store.release(name, unlink=creator_pid(name, self.shm_store.prefix)
-                               in self.shm_gone)
+        if self.ledger is not None:
+            self.ledger.worker_gone(w.id, w.pid)   # shared memory: local workers only
 
     def _refs(self, msg: P.Message) -> tuple[tuple, str]:
         """(shared-memory references, blob reference or "") of a PRODUCE or ACK, checked."""
