@@ -317,11 +317,15 @@ class Router:
                 self.finish_step(st)
 
     def abort(self, grace_s: float = 1.5) -> None:
-        """Hard stop: every worker is told to leave now (consumers still close their files)."""
+        """Hard stop: every worker is told to leave now. Consumers get up to ``grace_s`` to close
+        their files; producers and stagers hold no output, so they are killed at once (a stager
+        busy in a long lease would read its STOP only after it)."""
         self.state = "aborted" if self.failure is None else "failed"
         for w in self.workers.values():
             if w.state not in ("done", "dead"):
                 self._send(w, P.STOP, {"abort": True})
+                if self.steps[w.step].kind != "consumer" and w.handle is not None:
+                    w.handle.kill()
         self._aborting_t = time.monotonic() + grace_s
 
     def set_paused(self, paused: bool) -> None:
