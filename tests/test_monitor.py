@@ -51,13 +51,20 @@ def test_drops_old_records_when_behind(fake):
         fake.publish(300)
         fake.call(lambda: [fake.publish_sample() for _ in range(20)])
         time.sleep(0.3)
-        mon.poll(100)  # one drain: every record read, only the newest sample decoded
-        snap = mon.snapshot()
+        deadline = time.monotonic() + 10
+        while True:   # a drain reads all that is queued; a slow machine may need two or three
+            mon.poll(100)
+            snap = mon.snapshot()
+            done = snap.stats is not None and snap.stats["produced"] == 300 * 100 \
+                and snap.sample is not None and snap.sample[1]["event_id"] == 300
+            if done or time.monotonic() > deadline:
+                break
     finally:
         mon.stop()
     assert snap.stats["produced"] == 300 * 100
     assert snap.sample[1]["event_id"] == 300 and snap.sample[0]["edge"] == "clean->hillas"
-    assert snap.dropped == 19
+    # only the newest sample of each drain is decoded: 19 dropped in one drain (the usual case)
+    assert 15 <= snap.dropped <= 19
     # the 300 published records, plus the latest-stats replay of the subscription when the fake
     # had already published one before the client subscribed (a race the test does not control)
     assert len(snap.history) in (300, 301)
