@@ -127,7 +127,8 @@ def test_stager_runs_on_agent(tmp_path, monkeypatch, agents):
 def test_killed_agent_its_work_completes_elsewhere(tmp_path, monkeypatch, agents, fallback):
     monkeypatch.setenv("FLOW_AGENT_WAIT_S", "30")
     n = 1500
-    graph = load(tmp_path, graph_text(n, ms=3.0, workers=2))
+    # ~4 s of work after the kill point: time for a second agent to start on a slow machine
+    graph = load(tmp_path, graph_text(n, ms=6.0, workers=2))
     out = tmp_path / "out.jsonl"
     killed = {}
 
