@@ -45,6 +45,20 @@ def run_watching(graph, tmp_path, every_s: float, body, **options):
         stop.set()
 
 
+def kill_random_worker(router, rng: random.Random, steps: tuple, killed: list) -> None:
+    """kill -9 one ready worker of ``steps`` (chosen with ``rng``); its id goes to ``killed``."""
+    victims = [w for w in list(router.workers.values())
+               if w.step in steps and w.state == "ready"
+               and w.handle is not None and w.handle.alive()]
+    if victims:
+        v = rng.choice(victims)
+        try:
+            os.kill(v.handle.process.pid, signal.SIGKILL)
+            killed.append(v.id)
+        except ProcessLookupError:
+            pass
+
+
 def test_kill_9_random_workers_every_200ms_loses_nothing(tmp_path):
     graph = load(tmp_path, """
         name: kill
@@ -57,20 +71,8 @@ def test_kill_9_random_workers_every_200ms_loses_nothing(tmp_path):
         """)
     killed = []
     rng = random.Random(1)
-
-    def kill_one(router):
-        victims = [w for w in list(router.workers.values())
-                   if w.step in ("work", "add") and w.state == "ready"
-                   and w.handle is not None and w.handle.alive()]
-        if victims:
-            v = rng.choice(victims)
-            try:
-                os.kill(v.handle.process.pid, signal.SIGKILL)
-                killed.append(v.id)
-            except ProcessLookupError:
-                pass
-
-    summary = run_watching(graph, tmp_path, 0.2, kill_one)
+    summary = run_watching(graph, tmp_path, 0.2,
+                           lambda router: kill_random_worker(router, rng, ("work", "add"), killed))
     assert len(killed) >= 3, "the test must actually kill workers"
     c = counts(tmp_path / "out.jsonl")
     assert set(c) == {str(i) for i in range(5000)}

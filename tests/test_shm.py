@@ -205,9 +205,8 @@ def test_kill_9_with_batches_in_shared_memory_loses_nothing_and_leaks_nothing(tm
     """Batches travel as shared-memory blobs (threshold 256 bytes): workers killed every 0.2 s
     hold leases whose blobs the router must requeue, split and finally release."""
     import random
-    import signal
 
-    from tests.test_faults import counts
+    from tests.test_faults import counts, kill_random_worker
 
     graph = load(tmp_path, """
         name: kill-shm
@@ -225,16 +224,7 @@ def test_kill_9_with_batches_in_shared_memory_loses_nothing_and_leaks_nothing(tm
     def kill_one(router):
         kill_one.prefix = router.shm_store.prefix
         seen.append(len(segments(kill_one.prefix)))
-        victims = [w for w in list(router.workers.values())
-                   if w.step in ("work", "add") and w.state == "ready"
-                   and w.handle is not None and w.handle.alive()]
-        if victims:
-            v = rng.choice(victims)
-            try:
-                os.kill(v.handle.process.pid, signal.SIGKILL)
-                killed.append(v.id)
-            except ProcessLookupError:
-                pass
+        kill_random_worker(router, rng, ("work", "add"), killed)
 
     summary = run_watching(graph, tmp_path, 0.2, kill_one)
     assert len(killed) >= 3, "the test must actually kill workers"
