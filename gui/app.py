@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import html
+import os
 import sys
 
 from PyQt5 import QtCore, QtGui, QtWidgets
@@ -256,11 +257,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--window", type=float, default=300.0, help="seconds shown in the plots")
     p.add_argument("--screenshot", help="save the window to this PNG before exiting")
     p.add_argument("--exit-after", type=float, help="quit after this many seconds")
+    p.add_argument("--nice", type=int, default=10,
+                   help="scheduling niceness added to the GUI process (default 10): on a machine "
+                        "the pipeline saturates, the monitor yields the CPU to it (0: no change)")
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.nice > 0:
+        try:
+            os.nice(args.nice)
+        except OSError:   # not permitted here: run at normal priority
+            pass
     try:
         token = read_token(args.token_file)
         monitor = MonitorClient(args.connect, keys_dir=args.keys)
