@@ -259,10 +259,13 @@ def test_scale_down_while_a_worker_starts(qtbot, live, make_window):
     # one of the two (the one still starting, or the other if the new one is up already) is
     # retired: it finishes its leases, leaves, and is no longer listed
     qtbot.waitUntil(lambda: router.workers_retired == 1, timeout=WAIT_MS)
-    qtbot.waitUntil(lambda: slow_workers(window) == ["ready"], timeout=WAIT_MS)
-    step = window.monitor.snapshot().stats["steps"]["slow"]
-    assert (step["workers"], step["workers_min"], step["workers_max"]) == (1, 1, 1)
-    done = step["done"]
+
+    def settled() -> bool:   # a record taken after both commands: bounds (1, 1), one worker
+        step = window.monitor.snapshot().stats["steps"]["slow"]
+        return (step["workers"], step["workers_min"], step["workers_max"]) == (1, 1, 1) \
+            and slow_workers(window) == ["ready"]
+    qtbot.waitUntil(settled, timeout=WAIT_MS)
+    done = window.monitor.snapshot().stats["steps"]["slow"]["done"]
     qtbot.waitUntil(lambda: window.monitor.snapshot().stats["steps"]["slow"]["done"] > done,
                     timeout=WAIT_MS)      # and the one left goes on working
 
