@@ -228,8 +228,8 @@ def test_scale_from_gui_is_followed_by_the_router(qtbot, live, make_window):
     assert (run.router.steps["slow"].min_workers, run.router.steps["slow"].max_workers) == (2, 3)
     qtbot.waitUntil(lambda: followed(2, 2, 3), timeout=WAIT_MS)        # min 2: a worker started
     # retire only once the new worker is up: see test_scale_down_while_a_worker_starts
-    qtbot.waitUntil(lambda: slow_workers(window) == ["ready", "ready"], timeout=WAIT_MS)
-    assert window.worker_table.rowCount() == 4
+    qtbot.waitUntil(lambda: slow_workers(window) == ["ready", "ready"]
+                    and window.worker_table.rowCount() == 4, timeout=WAIT_MS)  # table: next repaint
 
     assert scale(1, 1)["ok"]
     qtbot.waitUntil(lambda: followed(1, 1, 1), timeout=WAIT_MS)        # max 1: one retired
