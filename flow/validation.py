@@ -214,13 +214,9 @@ def _check_use(spec: StepSpec, obj: Any) -> list[ConfigError]:
 def _check_class_params(spec: StepSpec, cls: type, label: str) -> list[ConfigError]:
     declared = declared_params(cls)
     valid = f"valid: {', '.join(declared)}" if declared else f"{label} takes no parameters"
-    errors = []
+    errors = _unknown_params(spec, declared, label, valid)
     for name, value in spec.params:
         if name not in declared:
-            hint = " ".join(h for h in (did_you_mean(name, declared), valid) if h)
-            errors.append(
-                _err(spec, f"with.{name}", f"unknown parameter '{name}' for {label}", hint)
-            )
             continue
         try:
             declared[name].convert(value)
@@ -251,6 +247,18 @@ def _check_class_params(spec: StepSpec, cls: type, label: str) -> list[ConfigErr
     return errors
 
 
+def _unknown_params(spec: StepSpec, known, label: str, valid: str) -> list[ConfigError]:
+    """An error (with a did-you-mean hint) for each parameter of ``spec`` not in ``known``."""
+    errors = []
+    for name, _ in spec.params:
+        if name not in known:
+            hint = " ".join(h for h in (did_you_mean(name, known), valid) if h)
+            errors.append(
+                _err(spec, f"with.{name}", f"unknown parameter '{name}' for {label}", hint)
+            )
+    return errors
+
+
 def _param_hint(param: Any) -> str:
     tname = getattr(param.type, "__name__", str(param.type))
     return f"{param.name} is {tname}" + (f": {param.help}" if param.help else "")
@@ -266,13 +274,7 @@ def _check_function_params(spec: StepSpec, func: Any, label: str) -> list[Config
         return []
     names = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
     valid = f"valid: {', '.join(names)}" if names else f"{label} takes no parameters"
-    errors = []
-    for name, _ in spec.params:
-        if name not in names:
-            hint = " ".join(h for h in (did_you_mean(name, names), valid) if h)
-            errors.append(
-                _err(spec, f"with.{name}", f"unknown parameter '{name}' for {label}", hint)
-            )
+    errors = _unknown_params(spec, names, label, valid)
     given = spec.param_dict
     for p in params:
         if p.name in names and p.default is p.empty and p.name not in given:
