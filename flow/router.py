@@ -47,10 +47,10 @@ class Batch:
     blob: str = ""                   # the reference of its blob when that is in shared memory
                                      # (then frames[0] is empty; the reference is in `shm` too)
 
-    def split(self, frames: list | None = None) -> list[Batch]:
+    def split(self, frames: list) -> list[Batch]:
         """One single-event batch per item (same attempts), each with its own in-memory blob;
         ``frames``: this batch's frames with a shared-memory blob resolved (Router.frames_of)."""
-        payloads = P.unpack_payloads([it[-1] for it in self.items], frames or self.frames)
+        payloads = P.unpack_payloads([it[-1] for it in self.items], frames)
         out = []
         for it, parts in zip(self.items, payloads, strict=False):
             refs = tuple(p for p in parts if type(p) is str)
@@ -58,9 +58,10 @@ class Batch:
                              self.attempts, refs))
         return out
 
-    def event_frames(self, index: int, frames: list | None = None) -> list:
-        """The frames of event ``index`` (without its shared-memory references)."""
-        parts = P.unpack_payloads([it[-1] for it in self.items], frames or self.frames)[index]
+    def event_frames(self, index: int, frames: list) -> list:
+        """The frames of event ``index`` (without its shared-memory references); ``frames`` as
+        for `split`."""
+        parts = P.unpack_payloads([it[-1] for it in self.items], frames)[index]
         return [p for p in parts if type(p) is not str]
 
 
@@ -503,10 +504,7 @@ class Router:
         if type(busy) not in (int, float) or type(dups) is not int:
             raise ProtocolError("malformed busy_s or dups in ACK")
         refs, blob = self._refs(msg)
-        if self.ledger is not None:
-            self.ledger.check(env)
-        elif env.get("pins") or env.get("unpins"):
-            raise ProtocolError("shared-memory pins where none is used")
+        self.check_pins(env)
         return out, failed, refs, blob, float(busy), dups
 
     def _fail_lease(self, st: StepState, batch: Batch, reason: str) -> None:
@@ -618,11 +616,19 @@ class Router:
         if batch.shm:
             self.ledger.hold(batch.shm, k)
 
-    def pin(self, w: WorkerState, env: dict) -> None:
+    def check_pins(self, env: dict) -> None:
+        """ProtocolError unless a message's ``pins``/``unpins`` are well formed and expected."""
         if self.ledger is not None:
-            self.ledger.pin(w.id, env)
+            self.ledger.check(env)
         elif env.get("pins") or env.get("unpins"):
             raise ProtocolError("shared-memory pins where none is used")
+
+    def pin(self, w: WorkerState, env: dict) -> None:
+        """Apply a worker's pins (the ledger checks them); see `flow.ledger`."""
+        if self.ledger is not None:
+            self.ledger.pin(w.id, env)
+        else:
+            self.check_pins(env)
 
     def unpin_all(self, w: WorkerState) -> None:
         if self.ledger is not None:
