@@ -54,7 +54,7 @@ class RouterOptions:
     max_retries: int = _opt(3, "failures of one event before it goes to the dead-letter file")
     stuck_timeout_s: float = _opt(60.0, "a worker busy on one event longer than this is killed")
     prefetch: int = _opt(4, "credit window per worker (messages in flight)")
-    batch_max: int = _opt(64, "events per DATA message when queues are deep")
+    batch_max: int = _opt(256, "events per DATA message when queues are deep")
     cpu_budget: int = _opt(0, "cores shared by all workers; 0: the machine's cores")
     stats_interval_s: float = _opt(1.0, "seconds between statistics records")
     dead_letter: str = _opt(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import gc
 
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
@@ -29,4 +30,21 @@ def tune_malloc() -> bool:
         bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
 
 
-__all__ = ["tune_malloc"]
+GC_THRESHOLD0 = 20_000       # allocations between young-generation collections (CPython: 700)
+
+
+def tune_gc() -> None:
+    """Make the cyclic garbage collector cheap on the data path: freeze what start-up and ``setup``
+    allocated (modules, the step's tables: never collected, and never scanned again) and collect the
+    young generation every 20 k allocations instead of every 700.
+
+    Measured: a worker spent ~5 % of its CPU in ``gc_collect_main`` (every batch builds a few
+    containers per event; the full collections rescanned numpy, astropy and the step's objects).
+    Events are rarely cyclic, so little garbage waits longer."""
+    gc.collect()
+    gc.freeze()
+    _, g1, g2 = gc.get_threshold()
+    gc.set_threshold(GC_THRESHOLD0, g1, g2)
+
+
+__all__ = ["tune_gc", "tune_malloc"]

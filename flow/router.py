@@ -9,6 +9,7 @@ dead letters, backpressure, deterministic end of stream).
 from __future__ import annotations
 
 import collections
+import gc
 import logging
 import math
 import time
@@ -23,7 +24,7 @@ from .errors import ProtocolError, RunError, StepError
 from .graph import Graph, StepSpec
 from .launcher import Handle, LocalLauncher
 from .ledger import SegmentLedger
-from .memory import tune_malloc
+from .memory import tune_gc, tune_malloc
 from .shm import ShmStore, ref_name, ref_size, shm_free_bytes
 
 log = logging.getLogger("flow.router")
@@ -244,6 +245,8 @@ class Router:
     def run(self, poll_ms: int = 50) -> None:
         """Loop until every consumer has closed (or the run is aborted)."""
         tune_malloc()
+        gc_threshold = gc.get_threshold()
+        tune_gc()    # restored when the run ends: the router may run inside a user's process
         if not self.workers:
             self.start()
         poller = zmq.Poller()
@@ -275,6 +278,8 @@ class Router:
                     self.kill_all()
                     break
         finally:
+            gc.unfreeze()
+            gc.set_threshold(*gc_threshold)
             self.finished_t = time.monotonic()
             if self.state not in ("aborted", "failed"):
                 self.state = "failed" if self.failure is not None else \

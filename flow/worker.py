@@ -21,7 +21,7 @@ import zmq
 from . import codec
 from . import protocol as P
 from .errors import ProtocolError, StepError
-from .memory import tune_malloc
+from .memory import tune_gc, tune_malloc
 from .routing import path_after, producer_outputs, stager_outputs
 from .shm import ref_size
 from .step import import_object, instantiate
@@ -91,7 +91,7 @@ class Worker:
         self.targets: tuple[str, ...] = ()
         self.heartbeat_s = 1.0
         self.liveness = 5
-        self.batch_max = 64
+        self.batch_max = 256
         self.last_sent = 0.0
         self.last_heard = time.monotonic()
         self.done = 0
@@ -225,6 +225,7 @@ class Worker:
             self.send(P.FAILED, {"phase": "setup", "error": f"{type(exc).__name__}: {exc}",
                                  "traceback": traceback.format_exc()})
             return False
+        tune_gc()   # after setup: what it built is frozen, never scanned again
         self.send(P.READY, {"pid": os.getpid()})
         return True
 

@@ -92,7 +92,9 @@ class GarbleAckOnce(Stager):
             import gc
 
             from flow import protocol as P
-            # the worker runs as `python -m flow.worker`: its class lives in __main__
+            # the worker runs as `python -m flow.worker`: its class lives in __main__; it was
+            # frozen after setup (flow.memory.tune_gc), and get_objects skips frozen objects
+            gc.unfreeze()
             w = next(o for o in gc.get_objects()
                      if type(o).__name__ == "Worker" and hasattr(o, "send_outputs"))
             send = w.send

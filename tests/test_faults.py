@@ -312,7 +312,7 @@ def test_router_crash_is_a_clear_error_and_resume_completes(tmp_path, monkeypatc
 
     def failing_on_ack(self, w, msg):
         calls["n"] += 1
-        if calls["n"] == 40:
+        if calls["n"] == 12:
             raise KeyError("simulated router bug")
         return real_on_ack(self, w, msg)
 
