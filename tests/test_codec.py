@@ -554,3 +554,66 @@ def test_decode_header_caches_keep_every_check():
         a = np.zeros((n % 7 + 1, n), "u1")
         assert decode(wire(encode([a, a[:1]], inline_max=0)))[0].shape == a.shape
     assert len(codec._HEADS) <= codec._CACHE_MAX and len(codec._FRAME_REFS) <= codec._CACHE_MAX
+
+
+# ------------------------------------------------------------------------------ wire format pin
+
+# Exact bytes of a few fixed values (docs/codec.md). A change here changes the wire format: peers
+# built from another commit would no longer understand each other. Frames are given in hex.
+WIRE_PINS = [
+    (
+        {"i": 5, "data": np.arange(40, dtype=np.uint8)},
+        16,
+        [
+            "82a16905a464617461c714027c75310001000000280000000000000001000000",
+            "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f2021222324252627",
+        ],
+    ),
+    (
+        {"i": 5, "x": 1.5, "name": "abc", "arr": np.arange(4, dtype=np.float32),
+         "t": (1, None, True, b"z"), 7: -(2**63)},
+        1024,
+        [
+            "86a16905a178cb3ff8000000000000a46e616d65a3616263a3617272c720013c66340001000000040000"
+            "0000000000000000000000803f0000004000004040a1749401c0c3c4017a07d38000000000000000",
+        ],
+    ),
+    (
+        {"tel": {"1": {"img": np.arange(3, dtype=">f4"), "m": np.array([True, False, True])}},
+         "w": np.arange(6, dtype="i2").reshape(2, 3)[:, ::2], "s": np.int16(-3),
+         "c": np.complex64(1 + 2j)},
+        4,
+        [
+            "84a374656c81a13182a3696d67c714023e66340001000000030000000000000001000000a16dc713017c"
+            "623100010000000300000000000000010001a177c71c023c69320002000000020000000000000002000000"
+            "0000000002000000a173c706033c693200fdffa163c70c033c6338000000803f00000040",
+            "000000003f80000040000000",
+            "0000020003000500",
+        ],
+    ),
+    (
+        [np.arange(2.0) * u.m / u.s, 2**64 - 1],
+        1024,
+        [
+            "92c7280405006d202f2073013c66380001000000020000000000000000000000000000000000000000"
+            "00f03fcfffffffffffffffff",
+        ],
+    ),
+    (
+        [np.arange(3.0) * u.TeV],
+        8,
+        [
+            "91c71c0403005465560200003c66380001000000030000000000000001000000",
+            "0000000000000000000000000000f03f0000000000000040",
+        ],
+    ),
+]
+
+
+@pytest.mark.parametrize("value, inline_max, expected", WIRE_PINS)
+def test_wire_format_is_pinned(value, inline_max, expected):
+    for _ in range(2):  # the second encode and decode take the cached paths
+        frames = encode(value, inline_max=inline_max)
+        assert [bytes(f).hex() for f in frames] == expected
+        back = decode([memoryview(bytes.fromhex(h)) for h in expected])
+        assert [bytes(f).hex() for f in encode(back, inline_max=inline_max)] == expected
