@@ -67,6 +67,7 @@ _FRAME_INDEX = [_U32.pack(i) for i in range(64)]  # frame references of the firs
 # every ext with an int code in 0..127 and bytes data, so it makes the namedtuple directly.
 _ExtType = msgpack.ExtType
 _new_ext = tuple.__new__
+_unpackb = msgpack.unpackb
 
 
 _UNIT_TO_STR: dict = {}  # astropy unit -> string, checked to parse back to an equal unit
@@ -358,9 +359,29 @@ class _Decoder:
     def ext_hook(self, code: int, data: bytes) -> Any:
         if code == EXT_NDARRAY_FRAME:
             ref = _FRAME_REFS.get(data)  # fast path: a reference met before, its header checked then
-            if ref is not None:
-                return self.framed(*ref)
-            return self.array(code, data, 0)
+            if ref is None:
+                return self.array(code, data, 0)
+            # self.framed(), inlined for the common case (the next frame, bytes or a memoryview)
+            dt, shape, nbytes, index, flat = ref
+            frames = self.frames
+            if index == self.next and index < len(frames):
+                buf = frames[index]
+                t = type(buf)
+                if t is memoryview:  # C-contiguous: as _as_bytes_view's cast("B"), np.frombuffer
+                    buf = buf.toreadonly()  # refuses the others (BufferError: a ProtocolError)
+                    size = buf.nbytes
+                elif t is bytes:
+                    size = len(buf)
+                else:
+                    buf = _as_bytes_view(buf, readonly=True)
+                    size = len(buf)
+                if size != nbytes:
+                    raise ProtocolError(f"frame {index}: length does not match shape and dtype")
+                self.next = index + 1
+                if flat:  # 1-D and not bool: the flat array is the result
+                    return np.frombuffer(buf, dt)
+                return _shaped(np.frombuffer(buf, dt), dt, shape)
+            return self.framed(dt, shape, nbytes, index)  # raises
         if code == EXT_NDARRAY_INLINE or code == EXT_NDARRAY_SHM:
             return self.array(code, data, 0)
         if code == EXT_NUMPY_SCALAR:
@@ -382,10 +403,10 @@ class _Decoder:
             (index,) = _U32.unpack_from(data, off)
             if off + 4 != len(data):
                 raise ProtocolError("array frame reference: wrong length")
-            ref = dt, shape, nbytes, index
             if off == hlen:  # the whole ext payload (not one inside a quantity): remember it
-                _remember(_FRAME_REFS, data, ref)
-            return self.framed(*ref)
+                flat = len(shape) == 1 and dt is not _BOOL
+                _remember(_FRAME_REFS, data, (dt, shape, nbytes, index, flat))
+            return self.framed(dt, shape, nbytes, index)
         if code == EXT_NDARRAY_INLINE:
             if len(data) - off != nbytes:
                 raise ProtocolError("inline array: data length does not match shape and dtype")
@@ -454,7 +475,8 @@ class _Decoder:
 
 # Decoded array headers (dtype, shape) recur event after event: each one is parsed and checked once,
 # then found by its raw bytes. _HEADS: header bytes -> (dtype, shape, count, nbytes, header length);
-# _FRAME_REFS: whole EXT_NDARRAY_FRAME payload -> (dtype, shape, nbytes, frame index). Bounded
+# _FRAME_REFS: whole EXT_NDARRAY_FRAME payload -> (dtype, shape, nbytes, frame index, flat: 1-D
+# and not bool, so the flat array is the result). Bounded
 # (cleared when full), so hostile input cannot grow them.
 _HEADS: dict[bytes, tuple] = {}
 _FRAME_REFS: dict[bytes, tuple] = {}
@@ -560,17 +582,10 @@ def decode(frames: Sequence, *, max_frames: int = 10_000, max_header: int = 64 <
             raise ProtocolError(f"header of {len(header)} bytes exceeds max_header={max_header}")
         dec.frames, dec.next = frames, 1
         dec.shm = shm if shm is not None else _shm_store
-        obj = msgpack.unpackb(
-            header,
-            ext_hook=dec.hook,
-            raw=False,
-            strict_map_key=False,
-            max_str_len=max_header,
-            max_bin_len=max_header,
-            max_array_len=max_header,
-            max_map_len=max_header,
-            max_ext_len=max_header,
-        )
+        # No max_*_len arguments: unpackb bounds each of them by len(header) already (msgpack >= 1.0,
+        # "configured automatically from len(packed)"), tighter than max_header, and parsing five
+        # keyword arguments is a measurable part of a small event's decode.
+        obj = _unpackb(header, ext_hook=dec.hook, raw=False, strict_map_key=False)
         if dec.next != n:
             raise ProtocolError(f"payload has {n - dec.next} unreferenced frame(s)")
         if 255 in header:  # memchr (an int: no substring search): a timestamp ext has type 0xff

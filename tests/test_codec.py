@@ -617,3 +617,16 @@ def test_wire_format_is_pinned(value, inline_max, expected):
         assert [bytes(f).hex() for f in frames] == expected
         back = decode([memoryview(bytes.fromhex(h)) for h in expected])
         assert [bytes(f).hex() for f in encode(back, inline_max=inline_max)] == expected
+
+
+@pytest.mark.parametrize(
+    "header",
+    [b"\xdd\x7f\xff\xff\xff", b"\xdf\x7f\xff\xff\xff", b"\xdb\x7f\xff\xff\xff", b"\xc6\x7f\xff\xff\xff",
+     b"\xc9\x7f\xff\xff\xff\x01", b"\x93\x01", b"\x81\xa1k"],
+)
+def test_decode_bounds_declared_lengths_by_the_header(header):
+    """decode passes no max_*_len to msgpack: unpackb bounds them by the header's length itself."""
+    with pytest.raises(ProtocolError, match="malformed"):
+        decode([header])
+    with pytest.raises(ProtocolError, match="malformed"):
+        decode([memoryview(header)])
