@@ -382,7 +382,18 @@ class _Decoder:
                     return np.frombuffer(buf, dt)
                 return _shaped(np.frombuffer(buf, dt), dt, shape)
             return self.framed(dt, shape, nbytes, index)  # raises
-        if code == EXT_NDARRAY_INLINE or code == EXT_NDARRAY_SHM:
+        if code == EXT_NDARRAY_INLINE:
+            # self.array() and _array_head(), inlined for a header met before
+            head = _HEADS.get(data[: 8 + 8 * data[4]]) if len(data) >= 8 else None
+            if head is None:
+                return self.array(code, data, 0)
+            dt, shape, count, nbytes, hlen, flat = head
+            if len(data) - hlen != nbytes:
+                raise ProtocolError("inline array: data length does not match shape and dtype")
+            if flat:
+                return np.frombuffer(data, dt, count, hlen)
+            return _shaped(np.frombuffer(data, dt, count, hlen), dt, shape)
+        if code == EXT_NDARRAY_SHM:
             return self.array(code, data, 0)
         if code == EXT_NUMPY_SCALAR:
             dt = _dtype(data[:4])
@@ -397,14 +408,13 @@ class _Decoder:
         raise ProtocolError(f"unknown msgpack ext code {code}")
 
     def array(self, code: int, data: bytes, off: int) -> np.ndarray:
-        dt, shape, count, nbytes, hlen = _array_head(data, off)
+        dt, shape, count, nbytes, hlen, flat = _array_head(data, off)
         off += hlen
         if code == EXT_NDARRAY_FRAME:
             (index,) = _U32.unpack_from(data, off)
             if off + 4 != len(data):
                 raise ProtocolError("array frame reference: wrong length")
             if off == hlen:  # the whole ext payload (not one inside a quantity): remember it
-                flat = len(shape) == 1 and dt is not _BOOL
                 _remember(_FRAME_REFS, data, (dt, shape, nbytes, index, flat))
             return self.framed(dt, shape, nbytes, index)
         if code == EXT_NDARRAY_INLINE:
@@ -474,10 +484,10 @@ class _Decoder:
 
 
 # Decoded array headers (dtype, shape) recur event after event: each one is parsed and checked once,
-# then found by its raw bytes. _HEADS: header bytes -> (dtype, shape, count, nbytes, header length);
-# _FRAME_REFS: whole EXT_NDARRAY_FRAME payload -> (dtype, shape, nbytes, frame index, flat: 1-D
-# and not bool, so the flat array is the result). Bounded
-# (cleared when full), so hostile input cannot grow them.
+# then found by its raw bytes. _HEADS: header bytes -> (dtype, shape, count, nbytes, header length,
+# flat); _FRAME_REFS: whole EXT_NDARRAY_FRAME payload -> (dtype, shape, nbytes, frame index, flat).
+# flat: 1-D and not bool, so the flat array from np.frombuffer is the result. Bounded (cleared when
+# full), so hostile input cannot grow them.
 _HEADS: dict[bytes, tuple] = {}
 _FRAME_REFS: dict[bytes, tuple] = {}
 _CACHE_MAX = 1024
@@ -497,7 +507,8 @@ def _shaped(arr: np.ndarray, dt: np.dtype, shape: tuple) -> np.ndarray:
 
 
 def _array_head(data: bytes, off: int) -> tuple:
-    """(dtype, shape, count, nbytes, header length) of the array header at ``data[off:]``.
+    """(dtype, shape, count, nbytes, header length, flat) of the array header at ``data[off:]``,
+    flat when the array is 1-D and not bool (the flat decoded array is the result).
 
     Raises ProtocolError (or struct.error on a short buffer) as the checks below do.
     """
@@ -515,7 +526,7 @@ def _array_head(data: bytes, off: int) -> tuple:
     shape = _SHAPES[ndim].unpack_from(data, off + 8)
     count = math.prod(shape)
     hlen = 8 + 8 * ndim
-    head = dt, shape, count, count * dt.itemsize, hlen
+    head = dt, shape, count, count * dt.itemsize, hlen, ndim == 1 and dt is not _BOOL
     _remember(_HEADS, data[off : off + hlen], head)
     return head
 
