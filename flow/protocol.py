@@ -15,7 +15,7 @@ import zmq
 
 from .errors import ProtocolError
 
-VERSION = b"FLW1"
+VERSION = b"FLW2"
 
 HELLO = b"\x01"
 CONFIG = b"\x02"
@@ -139,6 +139,28 @@ def check_items(items: Any, width: int, deep: bool = True) -> list:
     return items
 
 
+MAX_ITEMS = 1 << 20   # events in one message, at most
+
+
+def pack_items(items: list) -> bytes:
+    """A batch's item list as opaque bytes: the msgpack of each item, concatenated (the array
+    header is left out, so that batches merge by joining bytes). The router forwards these bytes
+    without reading them; `unpack_items` is its inverse."""
+    data = msgpack.packb(items, use_bin_type=True)
+    n = len(items)
+    return data[1 if n < 16 else 3 if n < 65536 else 5:]
+
+
+def unpack_items(data: Any, n: Any, width: int = 4, deep: bool = True) -> list:
+    """The ``n`` items packed by `pack_items`, checked with `check_items`; ProtocolError when
+    ``data`` does not hold exactly ``n`` well-formed items."""
+    if type(data) is not bytes or type(n) is not int or not 0 <= n <= MAX_ITEMS:
+        raise ProtocolError("malformed item list (expected bytes and a count)")
+    head = bytes([0x90 | n]) if n < 16 else b"\xdc" + n.to_bytes(2, "big") if n < 65536 \
+        else b"\xdd" + n.to_bytes(4, "big")
+    return check_items(unpack(head + data), width, deep)
+
+
 def pack_payloads(payloads) -> tuple[list, list]:
     """Events' frame lists -> (sizes per event, message frames ``[blob, big1, big2, ...]``);
     see `split_payloads`."""
@@ -183,9 +205,10 @@ def repack(items) -> tuple[list, list]:
     return [b"".join(small), *big]
 
 
-def unpack_payloads(sizes_per_event, frames: list) -> list[list]:
+def unpack_payloads(sizes_per_event, frames: list, refs: bool = True) -> list[list]:
     """Inverse of `pack_payloads`: each event's frames, as zero-copy views of the blob and the big
-    frames. Raises ProtocolError when the sizes do not match the frames."""
+    frames, with its shared-memory references (``refs=False``: without them, as `codec.decode`
+    wants the frames). Raises ProtocolError when the sizes do not match the frames."""
     if not frames:
         raise ProtocolError("payload blob frame missing")
     blob = memoryview(_buffer(frames[0])).cast("B")
@@ -195,7 +218,8 @@ def unpack_payloads(sizes_per_event, frames: list) -> list[list]:
         parts = []
         for n in sizes:
             if type(n) is str:
-                parts.append(n)  # a shared-memory reference travels in the envelope only
+                if refs:
+                    parts.append(n)  # a shared-memory reference travels in the envelope only
             elif n >= 0:
                 parts.append(blob[pos:pos + n])
                 pos += n

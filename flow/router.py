@@ -35,12 +35,15 @@ SAMPLE_SHM_MAX = 64 << 20  # a sampled event whose shared-memory arrays exceed t
 
 @dataclass(slots=True)
 class Batch:
-    """Events that travel together: the envelope items as received (``[key, path, target, sizes]``)
-    and the message frames ``[blob, big...]`` holding their payloads. The router handles batches,
-    not events: per-event work stays in the workers. A batch is split only to route explicitly
-    targeted outputs, to isolate retried events, and to dead-letter one event."""
+    """Events that travel together: their ``n`` envelope items ``[key, path, target, sizes]``
+    packed as the worker sent them (`flow.protocol.pack_items`: the router forwards the bytes and
+    reads them only to split the batch) and the message frames ``[blob, big...]`` holding their
+    payloads. The router handles batches, not events: per-event work stays in the workers. A batch
+    is split only to route explicitly targeted outputs, to isolate retried events, and to
+    dead-letter one event."""
 
-    items: list
+    packed: bytes
+    n: int
     frames: list
     nbytes: int
     attempts: int = 0
@@ -48,21 +51,26 @@ class Batch:
     blob: str = ""                   # the reference of its blob when that is in shared memory
                                      # (then frames[0] is empty; the reference is in `shm` too)
 
+    def items(self) -> list:
+        """The items, unpacked and checked (ProtocolError if malformed)."""
+        return P.unpack_items(self.packed, self.n)
+
     def split(self, frames: list) -> list[Batch]:
         """One single-event batch per item (same attempts), each with its own in-memory blob;
         ``frames``: this batch's frames with a shared-memory blob resolved (Router.frames_of)."""
-        payloads = P.unpack_payloads([it[-1] for it in self.items], frames)
+        items = self.items()
+        payloads = P.unpack_payloads([it[-1] for it in items], frames)
         out = []
-        for it, parts in zip(self.items, payloads, strict=False):
+        for it, parts in zip(items, payloads, strict=False):
             refs = tuple(p for p in parts if type(p) is str)
-            out.append(Batch([it], P.repack([(parts, it[-1])]), _parts_size(parts),
-                             self.attempts, refs))
+            out.append(Batch(P.pack_items([it]), 1, P.repack([(parts, it[-1])]),
+                             _parts_size(parts), self.attempts, refs))
         return out
 
     def event_frames(self, index: int, frames: list) -> list:
         """The frames of event ``index`` (without its shared-memory references); ``frames`` as
         for `split`."""
-        parts = P.unpack_payloads([it[-1] for it in self.items], frames)[index]
+        parts = P.unpack_payloads([it[-1] for it in self.items()], frames)[index]
         return [p for p in parts if type(p) is not str]
 
 
@@ -90,6 +98,17 @@ class WorkerState:
     errors: int = 0
     cpu: float = 0.0
     rss: int = 0
+
+
+def _outputs(env: dict) -> tuple:
+    """(packed items, count, items or None) of a PRODUCE or ACK: the items are read (and checked)
+    only when some output was routed explicitly, and the router then splits the batch by target.
+    ProtocolError if malformed."""
+    packed, n, routed = env.get("out", b""), env.get("n", 0), env.get("routed", False)
+    if type(packed) is not bytes or type(n) is not int or not 0 <= n <= P.MAX_ITEMS \
+            or bool(n) != bool(packed) or type(routed) is not bool:
+        raise ProtocolError("malformed outputs (expected packed items, their count, routed)")
+    return packed, n, (P.unpack_items(packed, n) if routed else None)
 
 
 def _holds_retry(w: WorkerState) -> bool:
@@ -130,16 +149,16 @@ class StepState:
         return self.spec.kind
 
     def leased(self) -> int:
-        return sum(len(b.items) for w in self.workers.values() for b, _ in w.leases.values())
+        return sum(b.n for w in self.workers.values() for b, _ in w.leases.values())
 
     def push(self, batch: Batch, front: bool = False) -> None:
         (self.queue.appendleft if front else self.queue.append)(batch)
-        self.queue_events += len(batch.items)
+        self.queue_events += batch.n
         self.queue_bytes += batch.nbytes
 
     def pop(self) -> Batch:
         batch = self.queue.popleft()
-        self.queue_events -= len(batch.items)
+        self.queue_events -= batch.n
         self.queue_bytes -= batch.nbytes
         return batch
 
@@ -448,9 +467,9 @@ class Router:
 
     def on_produce(self, w: WorkerState, msg: P.Message) -> None:
         st = self.steps[w.step]
-        items = P.check_items(msg.envelope.get("out"), 4, deep=False)
+        out = _outputs(msg.envelope)
         w.credit_out = max(0, w.credit_out - 1)
-        n = self.enqueue_outputs(st, items, msg.frames, *self._refs(msg))
+        n = self.enqueue_outputs(st, out, msg.frames, *self._refs(msg))
         w.done += n
         st.n_out += n
         self.produced += n
@@ -463,14 +482,14 @@ class Router:
             return
         st = self.steps[w.step]
         try:   # check everything before anything changes: a malformed ACK loses nothing
-            out, failed, refs, blob, busy, dups = self._check_ack(msg, len(w.leases[lease_id][0].items))
+            out, failed, refs, blob, busy, dups = self._check_ack(msg, w.leases[lease_id][0].n)
         except ProtocolError as exc:
             batch, _ = w.leases.pop(lease_id)
             self._fail_lease(st, batch, f"malformed ACK from worker {w.id.decode(errors='replace')}: "
                                         f"{exc}")
             raise
         batch, t0 = w.leases.pop(lease_id)
-        n = len(batch.items)
+        n = batch.n
         if failed:
             try:
                 singles = self.split(batch)
@@ -499,7 +518,7 @@ class Router:
         """(outputs, failures, shm references, blob, busy_s, dups) of an ACK for ``n`` events;
         ProtocolError if any of it is malformed."""
         env = msg.envelope
-        out = P.check_items(env.get("out", []), 4, deep=False)
+        out = _outputs(env)
         failed = env.get("failed", [])
         if type(failed) is not list or not all(
                 type(e) is list and len(e) == 3 and type(e[0]) is int and 0 <= e[0] < n
@@ -554,19 +573,21 @@ class Router:
             self._send(w, P.STOP, {})
 
     # -- queues ------------------------------------------------------------------------------
-    def enqueue_outputs(self, src: StepState, items: list, frames: list, shm=(),
+    def enqueue_outputs(self, src: StepState, out: tuple, frames: list, shm=(),
                         blob: str = "") -> int:
-        """Queue a worker's outputs at the downstream steps: the whole batch to every target when
-        nothing was routed explicitly (the common case: no per-event work here), else per target."""
-        if not items:
+        """Queue a worker's outputs (see `_outputs`) at the downstream steps: the whole batch to
+        every target when nothing was routed explicitly (the common case: its items are not even
+        read here), else per target."""
+        packed, n, items = out
+        if not n:
             if blob:
                 self.ledger.release_if_unused(ref_name(blob))
             return 0
         kept = blob    # the whole batch goes on with its shared-memory blob, unless split
-        if all(not it[2] for it in items):
+        if items is None:
             refs = tuple(shm) if shm else ()
             nbytes = sum(len(f) for f in frames) + sum(map(ref_size, refs))
-            routes = [(t, items, frames, nbytes, refs) for t in src.targets]
+            routes = [(t, packed, n, frames, nbytes, refs) for t in src.targets]
         else:   # per-target batches get in-memory blobs; a shared-memory one is let go after
             payloads = P.unpack_payloads([it[3] for it in items], self._resolve(frames, blob))
             groups: dict[str, list] = {}
@@ -580,21 +601,21 @@ class Router:
             for t, group in groups.items():
                 fr = P.repack((parts, it[3]) for it, parts in group)
                 refs = tuple(p for _, parts in group for p in parts if type(p) is str)
-                routes.append((t, [it for it, _ in group], fr,
+                routes.append((t, P.pack_items([it for it, _ in group]), len(group), fr,
                                sum(len(f) for f in fr) + sum(map(ref_size, refs)), refs))
             payloads = None
             kept = ""
-        for t, its, fr, nbytes, refs in routes:
-            batch = Batch(its, fr, nbytes, 0, refs, kept)
+        for t, pk, k, fr, nbytes, refs in routes:
+            batch = Batch(pk, k, fr, nbytes, 0, refs, kept)
             if self.taps:
                 self._maybe_sample(src, t, batch)
             dst = self.steps[t]
             self.hold(batch, +1)
             dst.push(batch)
-            dst.n_in += len(its)
+            dst.n_in += k
         if blob and not (kept and routes):   # copied out, or routed nowhere
             self.ledger.release_if_unused(ref_name(blob))
-        return len(items)
+        return n
 
     def frames_of(self, batch: Batch) -> list:
         """A batch's frames, its blob mapped from shared memory when it lives there."""
@@ -612,7 +633,7 @@ class Router:
     def split(self, batch: Batch) -> list[Batch]:
         """A batch as single-event batches (for retries and dead letters) with in-memory blobs;
         a one-event batch stays as it is unless its blob is in shared memory."""
-        if len(batch.items) == 1 and not batch.blob:
+        if batch.n == 1 and not batch.blob:
             return [batch]
         return batch.split(self.frames_of(batch))
 
@@ -654,7 +675,7 @@ class Router:
 
     def _maybe_sample(self, src: StepState, t: str, batch: Batch) -> None:
         if self.publisher.sample_due(src.spec.name, t):
-            items = batch.items
+            items = batch.items()
             first = P.unpack_payloads([it[-1] for it in items], self.frames_of(batch))[0]
             refs = [p for p in first if type(p) is str]
             if sum(map(ref_size, refs)) > SAMPLE_SHM_MAX:
@@ -673,7 +694,7 @@ class Router:
             st.push(single, front=True)
         else:
             st.dead += 1
-            key, path = single.items[0][0], single.items[0][1]
+            key, path = single.items()[0][:2]
             segments = {ref_name(r): self.shm_store.read(ref_name(r)) for r in single.shm}
             self.dead_letter.write(key, path, st.spec.name, exc, tb, single.attempts,
                                    single.event_frames(0, self.frames_of(single)), segments)
@@ -681,13 +702,18 @@ class Router:
                         st.spec.name, key, single.attempts, exc)
 
     def dead_letter_batch(self, st: StepState, batch: Batch, exc: str) -> None:
-        """Dead-letter every event of a batch whose payload cannot be split (raw frames kept)."""
-        for key, path, *_ in batch.items:
+        """Dead-letter every event of a batch whose payload cannot be split (raw frames kept);
+        events whose items cannot be read either are named ``?<index>``."""
+        try:
+            ids = [(it[0], it[1]) for it in batch.items()]
+        except ProtocolError:
+            ids = [(f"?{i}", "") for i in range(batch.n)]
+        for key, path in ids:
             st.dead += 1
             self.dead_letter.write(key, path, st.spec.name, exc, "", batch.attempts + 1,
                                    [bytes(f) for f in self.frames_of(batch)])
         log.warning("dead letter: step '%s': %d events of a malformed batch: %s",
-                    st.spec.name, len(batch.items), exc)
+                    st.spec.name, batch.n, exc)
 
     def requeue(self, w: WorkerState, count_attempt: bool, reason: str = "") -> None:
         st = self.steps[w.step]
@@ -752,21 +778,21 @@ class Router:
         batch = st.pop()
         if not batch.attempts:
             parts = [batch]
-            n, nbytes = len(batch.items), batch.nbytes
-            while q and not q[0].attempts and n + len(q[0].items) <= want \
+            n, nbytes = batch.n, batch.nbytes
+            while q and not q[0].attempts and n + q[0].n <= want \
                     and nbytes + q[0].nbytes < (8 << 20) and not batch.blob and not q[0].blob:
                 nxt = st.pop()
                 parts.append(nxt)
-                n += len(nxt.items)
+                n += nxt.n
                 nbytes += nxt.nbytes
             if len(parts) > 1:
                 blobs = [b.frames[0] for b in parts]
                 bigs = [f for b in parts for f in b.frames[1:]]
-                batch = Batch([it for b in parts for it in b.items], [b"".join(blobs), *bigs],
+                batch = Batch(b"".join([b.packed for b in parts]), n, [b"".join(blobs), *bigs],
                               nbytes, 0, tuple(r for b in parts for r in b.shm))
         lease_id = next(self.lease_ids)
         w.leases[lease_id] = (batch, time.monotonic())
-        env = {"lease": lease_id, "items": batch.items}
+        env = {"lease": lease_id, "items": batch.packed, "n": batch.n}
         if batch.blob:
             env["blob"] = batch.blob
         self._send(w, P.DATA, env, batch.frames)

@@ -22,7 +22,7 @@ from . import codec
 from . import protocol as P
 from .errors import ProtocolError, StepError
 from .memory import tune_gc, tune_malloc
-from .routing import path_after, producer_outputs, stager_outputs
+from .routing import ALL, path_after, producer_outputs, stager_outputs
 from .shm import ref_size
 from .step import import_object, instantiate
 
@@ -33,6 +33,7 @@ CONFIG_TIMEOUT_S = 60.0
 # its output holds instead (done_keys). 16 k pairs cost ~4 MB, so a long run's RSS stays flat.
 SEEN_MAX = 16_384
 BATCH_FLUSH_S = 0.005      # a producer sends a partial batch once its first event is this old
+BATCH_BYTES = 4 << 20      # ... or once it holds this many bytes
 
 
 def payload_size(frames: list) -> int:
@@ -40,7 +41,8 @@ def payload_size(frames: list) -> int:
     n = 0
     for f in frames:
         t = type(f)
-        n += len(f) if t is bytes else ref_size(f) if t is str else memoryview(f).nbytes
+        n += len(f) if t is bytes else f.nbytes if t is memoryview else \
+            ref_size(f) if t is str else memoryview(f).nbytes
     return n
 
 
@@ -121,9 +123,14 @@ class Worker:
         one blob, which goes through shared memory when it is large (the router then moves only
         its name). Shared-memory pins are reported once the payloads are packed."""
         sizes, small, big = P.split_payloads(payloads)
+        routed = False
         for entry, sz in zip(out, sizes, strict=False):
             entry.append(sz)
-        envelope["out"] = out
+            routed = routed or bool(entry[2])
+        envelope["out"] = P.pack_items(out)
+        envelope["n"] = len(out)
+        if routed:
+            envelope["routed"] = True
         refs = [n for sz in sizes for n in sz if type(n) is str]
         nbytes = sum(map(len, small))
         frames = None
@@ -264,27 +271,30 @@ class Worker:
             out, frames, nbytes = [], [], 0
             finished = False
             t_first = 0.0
+            encode, batch_max, clock = self.encode, self.batch_max, time.perf_counter
             try:
                 for key, target, event in outputs:
-                    f = self.encode(event)
+                    f = encode(event)
                     out.append([key, path, target])
                     frames.append(f)
                     nbytes += payload_size(f)
-                    self.done += 1
-                    now = time.perf_counter()
-                    t_first = t_first or now
-                    if len(out) >= self.batch_max or nbytes >= (4 << 20) \
-                            or now - t_first >= BATCH_FLUSH_S:
+                    if len(out) >= batch_max or nbytes >= BATCH_BYTES:
+                        break
+                    if not t_first:
+                        t_first = clock()
+                    elif clock() - t_first >= BATCH_FLUSH_S:
                         break
                 else:
                     finished = True
             except Exception as exc:
+                self.done += len(out)
                 if out:
                     self.send_outputs(P.PRODUCE, {}, out, frames)
                 self.send(P.FAILED, {"phase": "process", "error": f"{type(exc).__name__}: {exc}",
                                      "traceback": traceback.format_exc()})
                 self.wait_stop()
                 return
+            self.done += len(out)
             if out:
                 self.send_outputs(P.PRODUCE, {}, out, frames)
                 credit -= 1
@@ -316,8 +326,8 @@ class Worker:
                     self.handle_data(msg)
                 except ProtocolError as exc:  # fail the whole lease: the router dead-letters it
                     print(f"flow worker {self.worker_id}: bad DATA: {exc}", file=sys.stderr)
-                    items = msg.envelope.get("items")
-                    n = len(items) if isinstance(items, list) else 0
+                    n = msg.envelope.get("n")
+                    n = n if type(n) is int and 0 <= n <= P.MAX_ITEMS else 0
                     self.send_outputs(P.ACK, {"lease": msg.envelope.get("lease"),
                                               "failed": [[i, f"ProtocolError: {exc}", ""]
                                                          for i in range(n)]}, [], [])
@@ -331,46 +341,70 @@ class Worker:
             self.maybe_heartbeat()
 
     def handle_data(self, msg: P.Message) -> None:
-        items = P.check_items(msg.envelope.get("items"), 4)
-        payloads = P.unpack_payloads([it[3] for it in items], self.data_frames(msg))
-        out, out_frames, failed = [], [], []
-        consumer = self.kind == "consumer"
+        items = P.unpack_items(msg.envelope.get("items"), msg.envelope.get("n"))
+        payloads = P.unpack_payloads([it[3] for it in items], self.data_frames(msg), refs=False)
         t0 = time.perf_counter()
-        dups = 0
-        pairs = zip(items, payloads, strict=False)
+        if self.kind == "consumer":
+            out, out_frames = [], []
+            dups, failed = self.consume(items, payloads)
+        else:
+            out, out_frames, failed = self.transform(items, payloads)
+            dups = 0
+        env = {"lease": msg.envelope.get("lease"), "failed": failed,
+               "busy_s": time.perf_counter() - t0, "dups": dups}
+        # drop this lease's views before send_outputs reports what the step kept of them (the
+        # router must not recycle those segments) and what it has let go since the last report
+        payloads = None  # noqa: F841
+        self.send_outputs(P.ACK, env, out, out_frames)
+
+    def transform(self, items: list, payloads: list) -> tuple[list, list, list]:
+        """A stager's lease: (outputs ``[key, path, target]``, their frames, failures)."""
+        out, out_frames, failed = [], [], []
+        process, decode, encode = self.step.process, codec.decode, self.encode
+        name, targets, index_ = self.step_name, self.targets, self.step_index
         paths: dict[str, str] = {}
-        for index, ((key, path, _, _), frames) in enumerate(pairs):
-            if consumer:
-                ident = (key, path)
-                if ident in self.seen or key in self.done_keys:
-                    dups += 1
-                    continue
+        for index, (item, frames) in enumerate(zip(items, payloads, strict=False)):
+            key, path = item[0], item[1]
             try:
-                event = codec.decode([f for f in frames if type(f) is not str])
-                if consumer:
-                    self.step.key = key
-                    self.step.process(event)
-                    self.seen.add(ident)
+                result = process(decode(frames))
+                new_path = paths.get(path) or paths.setdefault(path, path_after(path, index_))
+                if type(result) is dict:       # the common case: one event, to every target
+                    out_frames.append(encode(result))
+                    out.append([key, new_path, ALL])
                 else:
-                    result = self.step.process(event)
-                    routed = stager_outputs(result, key, self.step_name, self.targets)
-                    new_path = paths.get(path) or paths.setdefault(
-                        path, path_after(path, self.step_index))
-                    encoded = [self.encode(ev) for _, _, ev in routed]  # all or none
-                    out_frames.extend(encoded)
+                    routed = stager_outputs(result, key, name, targets)
+                    out_frames.extend([encode(ev) for _, _, ev in routed])  # all or none
                     out.extend([k, new_path, target] for k, target, _ in routed)
                 self.done += 1
             except Exception as exc:
                 self.errors += 1
                 failed.append([index, f"{type(exc).__name__}: {exc}", traceback.format_exc()])
-            if time.monotonic() - self.last_sent >= self.heartbeat_s:
+            if time.monotonic() - self.last_sent >= self.heartbeat_s:   # a long lease
                 self.send(P.HEARTBEAT)
-        env = {"lease": msg.envelope.get("lease"), "failed": failed,
-               "busy_s": time.perf_counter() - t0, "dups": dups}
-        # drop this lease's views before send_outputs reports what the step kept of them (the
-        # router must not recycle those segments) and what it has let go since the last report
-        event = result = routed = encoded = payloads = frames = pairs = None  # noqa: F841
-        self.send_outputs(P.ACK, env, out, out_frames)
+        return out, out_frames, failed
+
+    def consume(self, items: list, payloads: list) -> tuple[int, list]:
+        """A consumer's lease: (duplicates skipped, failures)."""
+        failed, dups = [], 0
+        step, decode, seen, done_keys = self.step, codec.decode, self.seen, self.done_keys
+        for index, (item, frames) in enumerate(zip(items, payloads, strict=False)):
+            key = item[0]
+            ident = (key, item[1])
+            if ident in seen or key in done_keys:
+                dups += 1
+                continue
+            try:
+                event = decode(frames)
+                step.key = key
+                step.process(event)
+                seen.add(ident)
+                self.done += 1
+            except Exception as exc:
+                self.errors += 1
+                failed.append([index, f"{type(exc).__name__}: {exc}", traceback.format_exc()])
+            if time.monotonic() - self.last_sent >= self.heartbeat_s:   # a long lease
+                self.send(P.HEARTBEAT)
+        return dups, failed
 
     def data_frames(self, msg: P.Message) -> list:
         """A DATA message's frames, its blob mapped from shared memory when it lives there."""

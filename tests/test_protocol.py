@@ -18,10 +18,12 @@ def test_round_trip_over_a_real_socket_pair():
     a.bind("inproc://proto-test")
     b.connect("inproc://proto-test")
     try:
-        P.Message(P.DATA, {"lease": 7, "items": [["k", "0", [1, 5000]]]}, [b"hx" * 1]).send(a)
+        items = P.pack_items([["k", "0", "", [2]]])
+        P.Message(P.DATA, {"lease": 7, "items": items, "n": 1}, [b"hx" * 1]).send(a)
         msg = P.Message.recv(b)
         assert msg.command == P.DATA and msg.name == "DATA"
-        assert msg.envelope == {"lease": 7, "items": [["k", "0", [1, 5000]]]}
+        assert msg.envelope == {"lease": 7, "items": items, "n": 1}
+        assert P.unpack_items(msg.envelope["items"], 1) == [["k", "0", "", [2]]]
         assert [bytes(f) for f in msg.frames] == [b"hx"]
     finally:
         a.close(0)
@@ -29,11 +31,11 @@ def test_round_trip_over_a_real_socket_pair():
 
 
 @pytest.mark.parametrize("frames, message", [
-    ([b"FLW1", P.ACK], "at least 3"),
+    ([P.VERSION, P.ACK], "at least 3"),
     ([b"FLW9", P.ACK, b"\x80"], "version"),
-    ([b"FLW1", b"\xff", b"\x80"], "unknown command"),
-    ([b"FLW1", P.ACK, b"\xc1"], "malformed envelope"),
-    ([b"FLW1", P.ACK, msgpack.packb([1, 2])], "not a map"),
+    ([P.VERSION, b"\xff", b"\x80"], "unknown command"),
+    ([P.VERSION, P.ACK, b"\xc1"], "malformed envelope"),
+    ([P.VERSION, P.ACK, msgpack.packb([1, 2])], "not a map"),
 ])
 def test_malformed_messages_are_rejected(frames, message):
     with pytest.raises(ProtocolError, match=message):
@@ -71,3 +73,38 @@ def test_fuzz_parser_only_raises_protocol_error(frames):
         P.unpack_payloads([it[2] for it in items], msg.frames)
     except ProtocolError:
         pass
+
+
+@pytest.mark.parametrize("n", [0, 1, 15, 16, 300, 65536])
+def test_pack_items_round_trips_and_merges_by_joining(n):
+    items = [[str(i), "0.1", "" if i % 3 else "b", [32, 7168] if i % 2 else [1, -1, "seg:9"]]
+             for i in range(n)]
+    packed = P.pack_items(items)
+    assert P.unpack_items(packed, n) == items
+    k = n // 3   # two batches merged in one lease: their packed items joined
+    assert P.unpack_items(P.pack_items(items[:k]) + P.pack_items(items[k:]), n) == items
+
+
+@pytest.mark.parametrize("data, n, message", [
+    (P.pack_items([["a", "0", "", [1]]]), 2, "malformed envelope"),                 # too few
+    (P.pack_items([["a", "0", "", [1]]]) + b"\x01", 1, "malformed envelope"),      # extra bytes
+    (P.pack_items([["a", "0", "", [1]]]), -1, "count"),
+    (P.pack_items([["a", "0", "", [1]]]), 1 << 21, "count"),
+    ([["a", "0", "", [1]]], 1, "count"),                                          # not packed
+    (P.pack_items([[1, "0", "", [1]]]), 1, "malformed item"),                       # key not str
+    (P.pack_items([["a", "0", "", []]]), 1, "frame sizes"),
+    (P.pack_items([["a", "0", ""]]), 1, "malformed item"),
+])
+def test_unpack_items_rejects_what_does_not_hold_exactly_n_items(data, n, message):
+    with pytest.raises(ProtocolError, match=message):
+        P.unpack_items(data, n)
+
+
+@settings(max_examples=300, deadline=None)
+@given(hs.binary(max_size=200), hs.integers(min_value=-2, max_value=40))
+def test_fuzz_unpack_items_only_raises_protocol_error(data, n):
+    try:
+        items = P.unpack_items(data, n)
+    except ProtocolError:
+        return
+    assert len(items) == n
