@@ -62,6 +62,9 @@ _PAD = [b"\0" * n for n in range(8)]
 _HEAD_1D = {dt: code + _U32.pack(1) for dt, code in _DTYPE_CODE.items()}
 _UINT8 = np.dtype(np.uint8)
 _FRAME_INDEX = [_U32.pack(i) for i in range(64)]  # frame references of the first frames, prepacked
+# The whole ext of a 1-D array in its own frame is the same event after event: per dtype, a bounded
+# cache (length << 6 | frame index, index < 64) -> ExtType (an immutable tuple, shared safely).
+_FRAME_EXTS: dict[np.dtype, dict[int, tuple]] = {dt: {} for dt in _HEAD_1D}
 
 # msgpack.ExtType(code, data) checks its arguments in Python (~0.5 us a call); the codec builds
 # every ext with an int code in 0..127 and bytes data, so it makes the namedtuple directly.
@@ -98,17 +101,17 @@ def _array_payload(arr: np.ndarray, frames: list, inline_max: int, prefix: bytes
         head = _ND_HEAD.pack(dt, ndim) + _SHAPES[ndim].pack(*arr.shape)
     if prefix:
         head = prefix + head
-    if not arr.flags.c_contiguous:
-        arr = arr.copy(order="C")
     nbytes = arr.nbytes
     if nbytes <= inline_max:
-        return EXT_NDARRAY_INLINE, head + arr.tobytes()
+        return EXT_NDARRAY_INLINE, head + arr.tobytes()  # C order, whatever the array's layout
     if not nbytes:
         frames.append(b"")
-    elif ndim == 1 and dtype is _UINT8:
-        frames.append(arr.data)  # already a flat byte view (format "B"): no cast needed
     else:
-        frames.append(arr.data.cast("B"))  # a flat byte view: no copy
+        data = arr.data  # cheaper than arr.flags.c_contiguous, and needed anyway
+        if not data.c_contiguous:
+            data = arr.copy(order="C").data
+        # a flat byte view, no copy (uint8 1-D: already one, format "B")
+        frames.append(data if ndim == 1 and dtype is _UINT8 else data.cast("B"))
     index = len(frames) - 1
     return EXT_NDARRAY_FRAME, head + (_FRAME_INDEX[index] if index < 64 else _U32.pack(index))
 
@@ -181,6 +184,31 @@ class _Encoder:
                     return _new_ext(_ExtType, (EXT_NDARRAY_SHM, _shm_payload(obj, self.refs)))
                 except OSError:  # /dev/shm full: this array travels as a plain frame
                     pass
+            if obj.ndim == 1:  # _array_payload's 1-D path, inlined: most event arrays
+                dt = obj.dtype
+                exts = _FRAME_EXTS.get(dt)  # None: not in the allow-list (_array_payload says why)
+                if exts is not None:
+                    nbytes = obj.nbytes
+                    if nbytes <= self.inline_max:
+                        return _new_ext(_ExtType, (EXT_NDARRAY_INLINE, _HEAD_1D[dt]
+                                                   + _U64.pack(len(obj)) + obj.tobytes()))
+                    if nbytes:
+                        data = obj.data  # cheaper than obj.flags.c_contiguous, needed anyway
+                        if not data.c_contiguous:
+                            data = obj.copy().data
+                        frames = self.frames
+                        index = len(frames)
+                        frames.append(data if dt is _UINT8 else data.cast("B"))  # flat byte view
+                        if index < 64:
+                            key = len(obj) << 6 | index
+                            ext = exts.get(key)
+                            if ext is None:
+                                ext = _new_ext(_ExtType, (EXT_NDARRAY_FRAME, _HEAD_1D[dt]
+                                                          + _U64.pack(len(obj)) + _FRAME_INDEX[index]))
+                                _remember(exts, key, ext)
+                            return ext
+                        return _new_ext(_ExtType, (EXT_NDARRAY_FRAME, _HEAD_1D[dt]
+                                                   + _U64.pack(len(obj)) + _U32.pack(index)))
             return _new_ext(_ExtType, _array_payload(obj, self.frames, self.inline_max))
         if t is tuple:
             return list(obj)
