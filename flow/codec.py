@@ -267,7 +267,11 @@ def encode(obj: Any, *, inline_max: int = 1024, refs: list | None = None) -> lis
     Frame buffers are memoryviews of the caller's arrays (no copy): do not modify those arrays until
     the frames are sent. Raises `ProtocolError` naming the path of a value that cannot be encoded.
     """
-    if not _keys_ok(obj, 0):
+    if type(obj) is dict and _KEY_TYPES.issuperset(map(type, obj)):  # _keys_ok(obj, 0), inlined
+        values = obj.values()
+        if not _LEAVES.issuperset(map(type, values)) and not _values_ok(values, 1):
+            raise _explain(obj, None)
+    elif not _keys_ok(obj, 0):
         raise _explain(obj, None)
     try:
         enc = _local.encoder  # _encoder() inlined: this is every call's path
@@ -313,6 +317,14 @@ def _keys_ok(obj: Any, depth: int) -> bool:
         return True
     for v in values:
         if type(v) not in _LEAVES and isinstance(v, _CONTAINERS) and not _keys_ok(v, depth + 1):
+            return False
+    return True
+
+
+def _values_ok(values, depth: int) -> bool:
+    """_keys_ok of each container in `values`, at `depth` (encode's top-level dict)."""
+    for v in values:
+        if type(v) not in _LEAVES and isinstance(v, _CONTAINERS) and not _keys_ok(v, depth):
             return False
     return True
 

@@ -630,3 +630,19 @@ def test_decode_bounds_declared_lengths_by_the_header(header):
         decode([header])
     with pytest.raises(ProtocolError, match="malformed"):
         decode([memoryview(header)])
+
+
+def test_encode_frame_ext_cache_keeps_positions_lengths_and_layout():
+    """encode caches the ext of a 1-D array in its own frame by (dtype, length, frame index):
+    each array still gets its own reference, strided arrays are copied, the caches stay bounded."""
+    from flow import codec
+
+    a = np.arange(3000, dtype="f8")
+    for _ in range(2):
+        arrays = [a, a[::2], a[:1500].astype(">i4"), a[1:], np.arange(2000) % 2 == 0] * 15  # > 64
+        out = decode(wire(encode(arrays, inline_max=64)))
+        for x, y in zip(arrays, out, strict=True):
+            assert_same_array(x, y)
+    for n in range(codec._CACHE_MAX + 10):
+        assert decode(wire(encode([np.zeros(n + 1, "u2")], inline_max=0)))[0].shape == (n + 1,)
+    assert all(len(c) <= codec._CACHE_MAX for c in codec._FRAME_EXTS.values())
