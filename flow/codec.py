@@ -626,9 +626,12 @@ def decode(frames: Sequence, *, max_frames: int = 10_000, max_header: int = 64 <
             raise ProtocolError(f"payload has {n} frames (expected 1 to {max_frames})")
         header = frames[0]
         if type(header) is not bytes:
-            header = _as_bytes_view(header)
-            if header.nbytes <= max_header:
-                header = header.tobytes()
+            if type(header) is memoryview and header.c_contiguous and header.nbytes <= max_header:
+                header = header.tobytes()  # its raw bytes, as _as_bytes_view's cast("B") would give
+            else:
+                header = _as_bytes_view(header)
+                if header.nbytes <= max_header:
+                    header = header.tobytes()
         if len(header) > max_header:
             raise ProtocolError(f"header of {len(header)} bytes exceeds max_header={max_header}")
         dec.frames, dec.next = frames, 1
