@@ -50,9 +50,11 @@ SIZES = {"100B": 100, "7KB": 7 * 1024, "150KB": 150 * 1024, "4MB": 4 * 1024 * 10
 COPY_THRESHOLD = 64 * 1024   # raw sender: copy=False at and above this size
 
 # events per measurement: (raw, engine, chain4); chosen so that each takes ~0.5-3 s on 2 cores
-COUNTS_FULL = {"100B": (200_000, 20_000, 10_000), "7KB": (100_000, 15_000, 8_000),
+COUNTS_FULL = {"100B": (200_000, 40_000, 20_000), "7KB": (100_000, 30_000, 15_000),
                "150KB": (20_000, 6_000, 3_000), "4MB": (1_500, 400, 250)}
-COUNTS_QUICK = {"100B": (150_000, 4_000, 2_000), "7KB": (40_000, 3_000, 1_500),
+# quick: enough engine events for a few dozen full batches (batch_max 256), so that filling and
+# draining the pipeline does not dominate the first-to-last span
+COUNTS_QUICK = {"100B": (150_000, 12_000, 6_000), "7KB": (40_000, 12_000, 6_000),
                 "150KB": (6_000, 800, 500), "4MB": (300, 60, 40)}
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 from dataclasses import replace
@@ -250,3 +251,28 @@ def test_full_dev_shm_falls_back_to_plain_frames(store, monkeypatch):
     assert refs == [] and len(frames) == 2
     assert np.array_equal(codec.decode(frames)["a"], a)
     assert not segments(store.prefix), "the failed segment was removed"
+
+
+def test_attach_reuses_the_mapping_of_a_recycled_segment_and_tracks_each_attach(tmp_path):
+    prefix = f"flow-test-{os.getpid()}-map-"
+    creator = ShmStore(prefix, 1, pool_bytes=1 << 22)
+    reader = ShmStore(prefix, 1, pins=True)
+    try:
+        name = creator.put_parts([b"a" * 70_000], 70_000)
+        v1 = reader.attach(name)
+        arr = np.frombuffer(v1[:8], np.uint8)
+        assert reader.lookup(np.frombuffer(v1[100:200], np.uint8)) == (name, 100)
+        del v1
+        assert reader.retained([name]) == [name]          # arr still holds the first attach
+        creator.release(name)                             # what the router does ...
+        again = creator.put_parts([b"b" * 70_000], 70_000)  # ... and the creator recycles it
+        assert again == name and creator.reused == 1
+        v2 = reader.attach(name)
+        assert bytes(v2[:3]) == b"bbb" and len(reader._mapped) == 1   # same mapping, new data
+        del v2
+        assert reader.take_released() == []
+        del arr                                           # the last view of the first attach
+        gc.collect()
+        assert reader.take_released() == [name]
+    finally:
+        creator.cleanup()
