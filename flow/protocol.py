@@ -133,9 +133,11 @@ def check_items(items: Any, width: int, deep: bool = True) -> list:
         if not deep:
             continue
         sizes = item[-1]
-        if type(sizes) is not list or not sizes or \
-                not all((type(n) is int and n >= -1) or type(n) is str for n in sizes):
+        if type(sizes) is not list or not sizes:
             raise ProtocolError(f"malformed frame sizes in item {item!r:.80}")
+        for n in sizes:
+            if (type(n) is not int or n < -1) and type(n) is not str:
+                raise ProtocolError(f"malformed frame sizes in item {item!r:.80}")
     return items
 
 
@@ -164,25 +166,27 @@ def unpack_items(data: Any, n: Any, width: int = 4, deep: bool = True) -> list:
 def pack_payloads(payloads) -> tuple[list, list]:
     """Events' frame lists -> (sizes per event, message frames ``[blob, big1, big2, ...]``);
     see `split_payloads`."""
-    specs, small, big = split_payloads(payloads)
+    specs, small, big, _ = split_payloads(payloads)
     return specs, [b"".join(small), *big]
 
 
-def split_payloads(payloads) -> tuple[list, list, list]:
-    """Events' frame lists -> (sizes per event, frames of the blob, big frames).
+def split_payloads(payloads) -> tuple[list, list, list, list]:
+    """Events' frame lists -> (sizes per event, frames of the blob, big frames, references).
 
     Frames up to `SMALL_MAX` bytes are concatenated into one blob (one ZeroMQ frame for a whole
     batch of small events: pyzmq's per-frame cost dominated small events); larger frames travel as
     their own frames without a copy. A size ``n >= 0`` is the next ``n`` bytes of the blob, ``-1``
     the next big frame, a string ``"name:nbytes"`` a shared-memory segment the event references.
-    Returns (sizes per event, the small frames to concatenate into the blob, the big frames).
+    Returns (sizes per event, the small frames to concatenate into the blob, the big frames, the
+    shared-memory references).
     """
-    small, big, specs = [], [], []
+    small, big, specs, refs = [], [], [], []
     for frames in payloads:
         spec = []
         for f in frames:
             if type(f) is str:  # a shared-memory reference "name:nbytes" (flow/shm.py): no bytes
                 spec.append(f)
+                refs.append(f)
                 continue
             n = len(f)
             if n <= SMALL_MAX:
@@ -192,7 +196,7 @@ def split_payloads(payloads) -> tuple[list, list, list]:
                 big.append(f)
                 spec.append(-1)
         specs.append(spec)
-    return specs, small, big
+    return specs, small, big, refs
 
 
 def repack(items) -> tuple[list, list]:

@@ -122,7 +122,7 @@ class Worker:
         """Send outputs ``[key, path, target]`` with their encoded frames, small ones packed into
         one blob, which goes through shared memory when it is large (the router then moves only
         its name). Shared-memory pins are reported once the payloads are packed."""
-        sizes, small, big = P.split_payloads(payloads)
+        sizes, small, big, refs = P.split_payloads(payloads)
         routed = False
         for entry, sz in zip(out, sizes, strict=False):
             entry.append(sz)
@@ -131,7 +131,6 @@ class Worker:
         envelope["n"] = len(out)
         if routed:
             envelope["routed"] = True
-        refs = [n for sz in sizes for n in sz if type(n) is str]
         nbytes = sum(map(len, small))
         frames = None
         if self.shm is not None and nbytes >= self.shm.threshold:
