@@ -179,6 +179,22 @@ def throughput(quick: bool, repeats: int) -> dict:
 
 
 # -------------------------------------------------------------------------------------------- RSS
+def private_rss(proc) -> int:
+    """RSS without shared pages (RssAnon on Linux): what a process holds for itself. The shared
+    part is mostly the shared-memory segments, pooled and kept mapped on purpose (bounded by the
+    pool size, ``flow.shm.MAP_CACHE_BYTES`` and the run's queues), and counted in every process
+    that maps them."""
+    try:
+        with open(f"/proc/{proc.pid}/status") as fh:
+            for line in fh:
+                if line.startswith("RssAnon:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    info = proc.memory_info()
+    return info.rss - getattr(info, "shared", 0)
+
+
 def rss_mode(n: int, size: int) -> dict:
     import psutil
 
@@ -196,10 +212,10 @@ def rss_mode(n: int, size: int) -> dict:
                 try:
                     cmd = c.cmdline()
                     if "flow.worker" in cmd:
-                        workers[cmd[-1]] = c.memory_info().rss
+                        workers[cmd[-1]] = private_rss(c)
                 except psutil.Error:
                     pass
-            samples.append((time.monotonic() - t0, me.memory_info().rss, workers))
+            samples.append((time.monotonic() - t0, private_rss(me), workers))
             stop.wait(0.5)
 
     th = threading.Thread(target=sample, daemon=True)
@@ -219,6 +235,7 @@ def rss_mode(n: int, size: int) -> dict:
     for name in names:
         series[name] = [(t, w[name]) for t, _, w in full if name in w]
     out = {}
+    print("private RSS (RssAnon: without the shared-memory segments, pooled and mapped on purpose)")
     print(f"{'process':>10} {'start MB':>9} {'peak MB':>8} {'end MB':>7} {'growth after 20%':>17}")
     for name, pts in series.items():
         vals = [v for _, v in pts]
