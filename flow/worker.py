@@ -376,10 +376,8 @@ class Worker:
                     out.extend([k, new_path, target] for k, target, _ in routed)
                 self.done += 1
             except Exception as exc:
-                self.errors += 1
-                failed.append([index, f"{type(exc).__name__}: {exc}", traceback.format_exc()])
-            if time.monotonic() - self.last_sent >= self.heartbeat_s:   # a long lease
-                self.send(P.HEARTBEAT)
+                self.failed_event(failed, index, exc)
+            self.heartbeat_if_due()   # a long lease
         return out, out_frames, failed
 
     def consume(self, items: list, payloads: list) -> tuple[int, list]:
@@ -399,11 +397,18 @@ class Worker:
                 seen.add(ident)
                 self.done += 1
             except Exception as exc:
-                self.errors += 1
-                failed.append([index, f"{type(exc).__name__}: {exc}", traceback.format_exc()])
-            if time.monotonic() - self.last_sent >= self.heartbeat_s:   # a long lease
-                self.send(P.HEARTBEAT)
+                self.failed_event(failed, index, exc)
+            self.heartbeat_if_due()   # a long lease
         return dups, failed
+
+    def failed_event(self, failed: list, index: int, exc: Exception) -> None:
+        """Record that the step raised on event ``index`` (called in the ``except`` block)."""
+        self.errors += 1
+        failed.append([index, f"{type(exc).__name__}: {exc}", traceback.format_exc()])
+
+    def heartbeat_if_due(self) -> None:
+        if time.monotonic() - self.last_sent >= self.heartbeat_s:
+            self.send(P.HEARTBEAT)
 
     def data_frames(self, msg: P.Message) -> list:
         """A DATA message's frames, its blob mapped from shared memory when it lives there."""
