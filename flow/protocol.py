@@ -153,6 +153,26 @@ def pack_items(items: list) -> bytes:
     return data[1 if n < 16 else 3 if n < 65536 else 5:]
 
 
+def check_packed(data: Any, n: Any) -> None:
+    """ProtocolError unless ``data`` (from `pack_items`) holds exactly ``n`` msgpack objects.
+
+    The router's check of an ACK's or PRODUCE's outputs: it skips over the objects without
+    building them (~0.07 µs per item, against ~0.4 µs to unpack), so garbage is refused where
+    it arrives and the lease it answers is retried; the items' shapes are checked by the worker
+    that unpacks them (`unpack_items`)."""
+    if type(data) is not bytes or type(n) is not int or not 0 <= n <= MAX_ITEMS:
+        raise ProtocolError("malformed item list (expected bytes and a count)")
+    unpacker = msgpack.Unpacker(max_buffer_size=max(len(data), 1))
+    unpacker.feed(data)
+    try:
+        for _ in range(n):
+            unpacker.skip()
+    except Exception as exc:  # OutOfData, FormatError, StackError...
+        raise ProtocolError(f"malformed item list: {type(exc).__name__}") from None
+    if unpacker.tell() != len(data):
+        raise ProtocolError(f"malformed item list: more than {n} items")
+
+
 def unpack_items(data: Any, n: Any, width: int = 4, deep: bool = True) -> list:
     """The ``n`` items packed by `pack_items`, checked with `check_items`; ProtocolError when
     ``data`` does not hold exactly ``n`` well-formed items."""

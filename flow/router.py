@@ -102,13 +102,16 @@ class WorkerState:
 
 def _outputs(env: dict) -> tuple:
     """(packed items, count, items or None) of a PRODUCE or ACK: the items are read (and checked)
-    only when some output was routed explicitly, and the router then splits the batch by target.
-    ProtocolError if malformed."""
+    only when some output was routed explicitly, and the router then splits the batch by target;
+    otherwise only their framing is checked (`check_packed`). ProtocolError if malformed."""
     packed, n, routed = env.get("out", b""), env.get("n", 0), env.get("routed", False)
     if type(packed) is not bytes or type(n) is not int or not 0 <= n <= P.MAX_ITEMS \
             or bool(n) != bool(packed) or type(routed) is not bool:
         raise ProtocolError("malformed outputs (expected packed items, their count, routed)")
-    return packed, n, (P.unpack_items(packed, n) if routed else None)
+    if routed:
+        return packed, n, P.unpack_items(packed, n)
+    P.check_packed(packed, n)
+    return packed, n, None
 
 
 def _holds_retry(w: WorkerState) -> bool:

@@ -84,6 +84,7 @@ class GarbleAckOnce(Stager):
     bug, or garbage on the wire): the router must reject it without losing the lease's events."""
 
     at = Param(int, 5, "i whose lease gets a malformed ACK")
+    what = Param(str, "failed", "what is garbled: the failure list, or the packed output 'items'")
     marker = Param(str, REQUIRED, "file marking that the fault happened")
 
     def process(self, event):
@@ -101,7 +102,8 @@ class GarbleAckOnce(Stager):
 
             def garbled(command, envelope=None, frames=None):
                 if command == P.ACK:
-                    envelope = dict(envelope or {}, failed="garbage")
+                    envelope = dict(envelope or {}, **({"failed": "garbage"} if self.what == "failed"
+                                                       else {"out": b"\xc1" + envelope["out"]}))
                     w.send = send
                 return send(command, envelope, frames)
             w.send = garbled

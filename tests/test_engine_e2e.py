@@ -243,16 +243,17 @@ def test_shards_split_the_stream_without_overlap(tmp_path, inline):
     assert seen[0] | seen[1] | seen[2] == {str(i) for i in range(400)}
 
 
-def test_a_malformed_ack_is_rejected_and_its_events_are_not_lost(tmp_path):
+@pytest.mark.parametrize("what", ["failed", "items"])
+def test_a_malformed_ack_is_rejected_and_its_events_are_not_lost(tmp_path, what):
     summary = go(tmp_path, """
         name: garble
         steps:
           - {name: read, use: "tests.steps:Counter", with: {n: 300}, to: [garble]}
           - {name: garble, use: "tests.engine_steps:GarbleAckOnce",
-             with: {at: 5, marker: OUT/garbled}, to: [write]}
+             with: {at: 5, marker: OUT/garbled, what: WHAT}, to: [write]}
           - {name: write, use: "tests.steps:ListConsumer", with: {path: OUT/out.jsonl}}
         router: {dead_letter: OUT/dl.jsonl}
-        """)
+        """.replace("WHAT", what))
     assert (tmp_path / "garbled").exists(), "the fault happened"
     assert summary.exit_code == EXIT_OK
     keys = keys_by_step(tmp_path / "out.jsonl")

@@ -108,3 +108,22 @@ def test_fuzz_unpack_items_only_raises_protocol_error(data, n):
     except ProtocolError:
         return
     assert len(items) == n
+
+
+def test_check_packed_counts_objects_without_building_them():
+    packed = P.pack_items([["a", "0", "", [1]], ["b", "0", "", [2]]])
+    P.check_packed(packed, 2)
+    P.check_packed(b"", 0)
+    for data, n in ((packed, 1), (packed, 3), (packed[:-1], 2), (b"\xc1" * 4, 1), (packed, -1),
+                    ("x", 1)):
+        with pytest.raises(ProtocolError, match="item list"):
+            P.check_packed(data, n)
+
+
+@settings(max_examples=300, deadline=None)
+@given(hs.binary(max_size=200), hs.integers(min_value=0, max_value=40))
+def test_fuzz_check_packed_only_raises_protocol_error(data, n):
+    try:
+        P.check_packed(data, n)
+    except ProtocolError:
+        pass
