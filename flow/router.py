@@ -1,169 +1,35 @@
 """The router: one poll loop that leases events to workers, collects their ACKs, and ends the stream.
 
-Small state records (`Batch`, `WorkerState`, `StepState`) and one loop that always has a timeout, as in
-the ZeroMQ guide's brokers. The router reads only envelopes; payload frames are forwarded untouched.
+Small state records (`Batch`, `WorkerState`, `StepState`, in flow/state.py) and one loop that always
+has a timeout, as in the ZeroMQ guide's brokers. The router reads only envelopes; payload frames are forwarded untouched.
 See docs/protocol.md for the semantics implemented here (credit windows, leases, retries and
 dead letters, backpressure, deterministic end of stream).
 """
 
 from __future__ import annotations
 
-import collections
 import gc
 import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import zmq
 
 from . import protocol as P
 from .deadletter import DeadLetterFile
 from .errors import ProtocolError, RunError, StepError
-from .graph import Graph, StepSpec
-from .launcher import Handle, LocalLauncher
+from .graph import Graph
+from .launcher import LocalLauncher
 from .ledger import SegmentLedger
 from .memory import tune_gc, tune_malloc
 from .shm import ShmStore, ref_name, ref_size, shm_free_bytes
+from .state import Batch, StepState, WorkerState, holds_retry, outputs_of
 
 log = logging.getLogger("flow.router")
 
 EXIT_GRACE_S = 0.25  # after a worker's process exits, time for its last messages to arrive
 SAMPLE_SHM_MAX = 64 << 20  # a sampled event whose shared-memory arrays exceed this is not sampled
-
-
-@dataclass(slots=True)
-class Batch:
-    """Events that travel together: their ``n`` envelope items ``[key, path, target, sizes]``
-    packed as the worker sent them (`flow.protocol.pack_items`: the router forwards the bytes and
-    reads them only to split the batch) and the message frames ``[blob, big...]`` holding their
-    payloads. The router handles batches, not events: per-event work stays in the workers. A batch
-    is split only to route explicitly targeted outputs, to isolate retried events, and to
-    dead-letter one event."""
-
-    packed: bytes
-    n: int
-    frames: list
-    nbytes: int
-    attempts: int = 0
-    shm: tuple = ()                  # shared-memory references "name:nbytes" of its events
-    blob: str = ""                   # the reference of its blob when that is in shared memory
-                                     # (then frames[0] is empty; the reference is in `shm` too)
-
-    def items(self) -> list:
-        """The items, unpacked and checked (ProtocolError if malformed)."""
-        return P.unpack_items(self.packed, self.n)
-
-    def split(self, frames: list) -> list[Batch]:
-        """One single-event batch per item (same attempts), each with its own in-memory blob;
-        ``frames``: this batch's frames with a shared-memory blob resolved (Router.frames_of)."""
-        items = self.items()
-        payloads = P.unpack_payloads([it[-1] for it in items], frames)
-        out = []
-        for it, parts in zip(items, payloads, strict=False):
-            refs = tuple(p for p in parts if type(p) is str)
-            out.append(Batch(P.pack_items([it]), 1, P.repack([(parts, it[-1])]),
-                             _parts_size(parts), self.attempts, refs))
-        return out
-
-    def event_frames(self, index: int, frames: list) -> list:
-        """The frames of event ``index`` (without its shared-memory references); ``frames`` as
-        for `split`."""
-        parts = P.unpack_payloads([it[-1] for it in self.items()], frames)[index]
-        return [p for p in parts if type(p) is not str]
-
-
-def _parts_size(parts) -> int:
-    return sum(ref_size(p) if type(p) is str else len(p) for p in parts)
-
-
-@dataclass
-class WorkerState:
-    """What the router knows of one worker."""
-
-    id: bytes
-    step: str
-    handle: Handle | None = None
-    pid: int = 0
-    host: str = ""
-    state: str = "starting"          # starting, ready, retiring, eos, dying, done, dead
-    leases: dict = field(default_factory=dict)     # lease id -> (Batch, t0)
-    last_seen: float = field(default_factory=time.monotonic)
-    last_sent: float = 0.0           # when the router last sent to it (heartbeats fill gaps)
-    exited_at: float = 0.0           # when its process was seen gone (state "dying")
-    died_state: str = ""             # its state then
-    credit_out: int = 0              # producers: CREDIT granted and not yet used
-    done: int = 0
-    errors: int = 0
-    cpu: float = 0.0
-    rss: int = 0
-
-
-def _outputs(env: dict) -> tuple:
-    """(packed items, count, items or None) of a PRODUCE or ACK: the items are read (and checked)
-    only when some output was routed explicitly, and the router then splits the batch by target;
-    otherwise only their framing is checked (`check_packed`). ProtocolError if malformed."""
-    packed, n, routed = env.get("out", b""), env.get("n", 0), env.get("routed", False)
-    if type(packed) is not bytes or type(n) is not int or not 0 <= n <= P.MAX_ITEMS \
-            or bool(n) != bool(packed) or type(routed) is not bool:
-        raise ProtocolError("malformed outputs (expected packed items, their count, routed)")
-    if routed:
-        return packed, n, P.unpack_items(packed, n)
-    P.check_packed(packed, n)
-    return packed, n, None
-
-
-def _holds_retry(w: WorkerState) -> bool:
-    return any(batch.attempts for batch, _ in w.leases.values())
-
-
-@dataclass
-class StepState:
-    """A step's queue, workers and counters."""
-
-    spec: StepSpec
-    index: int
-    targets: tuple[str, ...]
-    inputs: set
-    queue: collections.deque = field(default_factory=collections.deque)   # of Batch
-    queue_events: int = 0
-    queue_bytes: int = 0
-    workers: dict = field(default_factory=dict)    # id -> WorkerState
-    desired: int = 1
-    min_workers: int = 1
-    max_workers: int = 1
-    finished: bool = False           # no more input will come and nothing is left
-    closed: bool = False             # all workers said BYE after finishing
-    n_in: int = 0
-    n_out: int = 0
-    n_done: int = 0
-    n_dups: int = 0
-    errors: int = 0
-    retries: int = 0
-    dead: int = 0
-    busy_s: float = 0.0
-    latencies: collections.deque = field(default_factory=lambda: collections.deque(maxlen=2000))
-    start_failures: int = 0
-    spawned: int = 0                 # workers started so far (a consumer after the first replaces one)
-
-    @property
-    def kind(self) -> str:
-        return self.spec.kind
-
-    def leased(self) -> int:
-        return sum(b.n for w in self.workers.values() for b, _ in w.leases.values())
-
-    def push(self, batch: Batch, front: bool = False) -> None:
-        (self.queue.appendleft if front else self.queue.append)(batch)
-        self.queue_events += batch.n
-        self.queue_bytes += batch.nbytes
-
-    def pop(self) -> Batch:
-        batch = self.queue.popleft()
-        self.queue_events -= batch.n
-        self.queue_bytes -= batch.nbytes
-        return batch
 
 
 class Router:
@@ -470,9 +336,9 @@ class Router:
 
     def on_produce(self, w: WorkerState, msg: P.Message) -> None:
         st = self.steps[w.step]
-        out = _outputs(msg.envelope)
+        out = outputs_of(msg.envelope)
         w.credit_out = max(0, w.credit_out - 1)
-        n = self.enqueue_outputs(st, out, msg.frames, *self._refs(msg))
+        n = self.enqueueoutputs_of(st, out, msg.frames, *self._refs(msg))
         w.done += n
         st.n_out += n
         self.produced += n
@@ -510,7 +376,7 @@ class Router:
             st.latencies.extend([busy / n] * min(n, 16))
         if st.kind == "consumer":
             st.n_dups += dups
-        st.n_out += self.enqueue_outputs(st, out, msg.frames, refs, blob)
+        st.n_out += self.enqueueoutputs_of(st, out, msg.frames, refs, blob)
         self.pin(w, msg.envelope)       # before the lease's segments are released
         self.hold(batch, -1)
         self.last_event_t = time.monotonic()
@@ -521,7 +387,7 @@ class Router:
         """(outputs, failures, shm references, blob, busy_s, dups) of an ACK for ``n`` events;
         ProtocolError if any of it is malformed."""
         env = msg.envelope
-        out = _outputs(env)
+        out = outputs_of(env)
         failed = env.get("failed", [])
         if type(failed) is not list or not all(
                 type(e) is list and len(e) == 3 and type(e[0]) is int and 0 <= e[0] < n
@@ -576,7 +442,7 @@ class Router:
             self._send(w, P.STOP, {})
 
     # -- queues ------------------------------------------------------------------------------
-    def enqueue_outputs(self, src: StepState, out: tuple, frames: list, shm=(),
+    def enqueueoutputs_of(self, src: StepState, out: tuple, frames: list, shm=(),
                         blob: str = "") -> int:
         """Queue a worker's outputs (see `_outputs`) at the downstream steps: the whole batch to
         every target when nothing was routed explicitly (the common case: its items are not even
@@ -755,7 +621,7 @@ class Router:
             if not st.queue or not self.targets_have_room(st):
                 continue
             free = [w for w in st.workers.values() if w.state == "ready"
-                    and len(w.leases) < prefetch and not _holds_retry(w)]
+                    and len(w.leases) < prefetch and not holds_retry(w)]
             if not free:
                 continue
             free.sort(key=lambda w: len(w.leases))
