@@ -19,9 +19,9 @@ B. Rate doubling: a rate-limited producer (bench/steps.py: Rated) at R Hz, 2R Hz
    queue stays at or below 2 x batch_max (one producer batch landing plus one in flight: no
    backlog), whichever is later. changes_per_min_steady = worker-count changes per minute during
    the steady windows: phase 1 after a 10 s warm-up, and phase 2 after settling.
-   Run twice: with ``batch_max: 4`` (reported in the JSON line) and with the default 64 (in
-   "detail"): a producer worker fills a PRODUCE batch up to batch_max events before sending, so a
-   70 Hz source arrives in bursts of 64 every ~0.9 s and the scaler sizes for the bursts.
+   Run twice: with ``batch_max: 4`` (reported in the JSON line) and with the default (256, in
+   "detail"): a producer sends a partial batch 5 ms after its first event (flow/worker.py
+   BATCH_FLUSH_S), so a slow source is not bunched into bursts of batch_max events.
 
 C. RSS bound: a fast producer of 1 MB events into a 20 ms stager with queue_limit_bytes = 16 MB.
    The router process's RSS (psutil, sampled every 0.25 s) must stay below
