@@ -338,7 +338,7 @@ class Router:
         st = self.steps[w.step]
         out = outputs_of(msg.envelope)
         w.credit_out = max(0, w.credit_out - 1)
-        n = self.enqueueoutputs_of(st, out, msg.frames, *self._refs(msg))
+        n = self.enqueue_outputs(st, out, msg.frames, *self._refs(msg))
         w.done += n
         st.n_out += n
         self.produced += n
@@ -376,7 +376,7 @@ class Router:
             st.latencies.extend([busy / n] * min(n, 16))
         if st.kind == "consumer":
             st.n_dups += dups
-        st.n_out += self.enqueueoutputs_of(st, out, msg.frames, refs, blob)
+        st.n_out += self.enqueue_outputs(st, out, msg.frames, refs, blob)
         self.pin(w, msg.envelope)       # before the lease's segments are released
         self.hold(batch, -1)
         self.last_event_t = time.monotonic()
@@ -442,7 +442,7 @@ class Router:
             self._send(w, P.STOP, {})
 
     # -- queues ------------------------------------------------------------------------------
-    def enqueueoutputs_of(self, src: StepState, out: tuple, frames: list, shm=(),
+    def enqueue_outputs(self, src: StepState, out: tuple, frames: list, shm=(),
                         blob: str = "") -> int:
         """Queue a worker's outputs (see `_outputs`) at the downstream steps: the whole batch to
         every target when nothing was routed explicitly (the common case: its items are not even

@@ -5,12 +5,12 @@ segment under /dev/shm and sends only its name; every later step maps the segmen
 array that a step passes on unchanged is sent on by reference again (no copy at all). The router
 counts the queued and leased batches that reference each segment; when none does, it releases the
 segment (so a worker crash leaks nothing: its leases, and their segments, are requeued), and it
-removes whatever is left of its run when the run ends. Segments are named ``<prefix><pid>-<n>``
+removes whatever is left of its run when the run ends. Segments are named ``<prefix><pid>-<token>-<n>``
 where the prefix holds the run id, so nothing outside the run can be mapped through a crafted name.
 
 **Recycling.** A fresh segment costs far more than the copy into it (the kernel hands out zeroed
 pages and each first touch faults: ~5 ms for 4 MB against ~0.2 ms for the copy). So each process
-keeps a pool of the segments it created (``<prefix><pid>-p<n>``, up to ``pool_bytes``: twice the
+keeps a pool of the segments it created (``<prefix><pid>-<token>-p<n>``, up to ``pool_bytes``: twice the
 router's ``queue_limit_bytes`` plus 64 MB, about what can be in flight beyond the queues, and at
 most a quarter of the free space of /dev/shm; mapped
 read-write): the router *releases* a pooled segment by renaming it to ``<name>~free``, and its
@@ -29,6 +29,7 @@ import collections
 import itertools
 import mmap
 import os
+import secrets
 import threading
 import weakref
 
@@ -39,7 +40,7 @@ from .errors import ProtocolError
 SHM_DIR = "/dev/shm"
 FREE = "~free"          # suffix of a released pooled segment, waiting for its creator
 POOL_TRIES = 2          # pooled segments a put() tries to take back before making another
-MAP_CACHE = 64          # mappings of other processes' pooled segments kept for re-use ...
+MAP_CACHE = 4096        # mappings of other processes' pooled segments kept for re-use ...
 MAP_CACHE_BYTES = 256 << 20   # ... and their bytes, at most
 
 
@@ -66,7 +67,7 @@ def ref_name(ref: str) -> str:
 
 
 def is_pooled(name: str) -> bool:
-    """A segment its creator recycles (``<prefix><pid>-p<n>``)."""
+    """A segment its creator recycles (``<prefix><pid>-<token>-p<n>``)."""
     return name.rpartition("-")[2].startswith("p")
 
 
@@ -96,8 +97,12 @@ class ShmStore:
         self.pool_bytes = pool_bytes
         self.pins = pins                       # track attached segments (workers report them)
         self._ids = itertools.count()
+        # the names this process creates: a random token after the pid, so that a name is never
+        # used for two files (not even by a later process that gets the same pid), and a mapping
+        # kept by name (attach) is always of the right file
+        self._own = f"{prefix}{os.getpid()}-{secrets.token_hex(4)}-"
         self._maps: dict[int, tuple[str, int, int]] = {}   # id(attach view) -> (name, address, size)
-        self._mapped: collections.OrderedDict = collections.OrderedDict()  # name -> (mmap, ino, size)
+        self._mapped: collections.OrderedDict = collections.OrderedDict()  # name -> (mmap, size)
         self._mapped_bytes = 0
         # pinning: which attached segments this process still maps (finalizers may run on the
         # ZeroMQ garbage-collector thread, hence the lock)
@@ -151,11 +156,11 @@ class ShmStore:
         if mm is not None:
             return name, mm
         if self._pooled + cap <= self.pool_bytes:
-            name, mm = self._create(f"{self.prefix}{os.getpid()}-p{next(self._ids)}", cap)
+            name, mm = self._create(f"{self._own}p{next(self._ids)}", cap)
             self._pool.setdefault(cap, collections.deque()).append((name, mm))
             self._pooled += cap
             return name, mm
-        return self._create(f"{self.prefix}{os.getpid()}-{next(self._ids)}", nbytes)
+        return self._create(f"{self._own}{next(self._ids)}", nbytes)
 
     def _create(self, name: str, size: int) -> tuple[str, mmap.mmap]:
         """A new segment; OSError (ENOSPC) when /dev/shm is full, not a SIGBUS on first write
@@ -207,13 +212,13 @@ class ShmStore:
 
     def release_pool_of(self, pid: int) -> None:
         """Unlink the released pooled segments of a process that is gone (none will take them)."""
-        head = f"{self.prefix}{pid}-p"
+        head = f"{self.prefix}{pid}-"
         try:
             names = os.listdir(SHM_DIR)
         except OSError:
             return
         for name in names:
-            if name.startswith(head) and name.endswith(FREE):
+            if name.startswith(head) and name.endswith(FREE) and is_pooled(name[:-len(FREE)]):
                 self.unlink(name)
 
     # -- pins: what this process still maps ----------------------------------------------------
@@ -256,33 +261,34 @@ class ShmStore:
         made from it are gone (what `retained` and `take_released` report).
 
         Pooled segments come back again and again (their creator recycles them), so their
-        mappings are kept (up to `MAP_CACHE` of them) and re-used while the file is the same
-        (inode and size): a new mapping costs a page fault per 4 KB page at first touch, ~0.2 ms
-        for a 2 MB batch, and its munmap a TLB flush on every CPU the process ran on."""
-        try:
-            fd = os.open(self._path(name), os.O_RDONLY)
-        except FileNotFoundError:
-            raise ProtocolError(f"shared-memory segment {name!r} does not exist") from None
-        try:
-            st = os.fstat(fd)
-            size = st.st_size
-            if not size:
-                return memoryview(b"")
-            hit = self._mapped.get(name)
-            if hit is not None and hit[1] == st.st_ino and hit[2] == size:
-                mm = hit[0]
-                self._mapped.move_to_end(name)
-            else:
+        mappings are kept (up to `MAP_CACHE` of them, `MAP_CACHE_BYTES` in all) and re-used: a
+        name is never given to another file (see ``_own``), and a pooled segment keeps its size.
+        A new mapping costs open, fstat, mmap, a page fault per 4 KB page at first touch (~0.2 ms
+        for a 2 MB batch) and later a munmap, which flushes the TLB of every CPU the process ran
+        on: for 150 KB events that was a quarter of a stager's CPU."""
+        path = self._path(name)
+        hit = self._mapped.get(name)
+        if hit is not None:
+            mm, size = hit
+            self._mapped.move_to_end(name)
+        else:
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except FileNotFoundError:
+                raise ProtocolError(f"shared-memory segment {name!r} does not exist") from None
+            try:
+                size = os.fstat(fd).st_size
+                if not size:
+                    return memoryview(b"")
                 mm = mmap.mmap(fd, size, prot=mmap.PROT_READ)
-                if is_pooled(name):
-                    old = self._mapped.pop(name, None)
-                    self._mapped_bytes += size - (old[2] if old else 0)
-                    self._mapped[name] = (mm, st.st_ino, size)
-                    while len(self._mapped) > MAP_CACHE or self._mapped_bytes > MAP_CACHE_BYTES:
-                        self._mapped_bytes -= self._mapped.popitem(last=False)[1][2]
-                        # (unmapped once its last view is gone)
-        finally:
-            os.close(fd)
+            finally:
+                os.close(fd)
+            if is_pooled(name):
+                self._mapped[name] = (mm, size)
+                self._mapped_bytes += size
+                while len(self._mapped) > MAP_CACHE or self._mapped_bytes > MAP_CACHE_BYTES:
+                    self._mapped_bytes -= self._mapped.popitem(last=False)[1][1]
+                    # (unmapped once its last view is gone)
         view = np.frombuffer(mm, np.uint8)   # this attach's own object: its end is observable
         self._maps[id(view)] = (name, view.__array_interface__["data"][0], size)
         if self.pins:
