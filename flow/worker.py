@@ -122,6 +122,8 @@ class Worker:
         """Send outputs ``[key, path, target]`` with their encoded frames, small ones packed into
         one blob, which goes through shared memory when it is large (the router then moves only
         its name). Shared-memory pins are reported once the payloads are packed."""
+        if self.shm is not None:
+            self.shm.seal()    # this message's arrays are written: its arena is complete
         sizes, small, big, refs = P.split_payloads(payloads)
         routed = False
         for entry, sz in zip(out, sizes, strict=False):

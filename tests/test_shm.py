@@ -131,7 +131,9 @@ def test_pooled_segment_is_reused_only_once_released(store):
     producer = ShmStore(store.prefix, 1 << 16, pool_bytes=8 << 20)
     a, b = np.full(1 << 18, 1.0), np.full(1 << 18, 2.0)
     first, _ = producer.put(a)
+    producer.seal()                                # each array in its own message
     second, _ = producer.put(b)                    # `first` is still in use: a new segment
+    producer.seal()
     assert is_pooled(first) and second != first
     store.release(first)                           # the router: nobody references it any more
     assert os.path.exists(os.path.join(SHM_DIR, first + FREE))
@@ -162,7 +164,10 @@ def test_a_worker_pins_what_it_keeps_and_unpins_what_it_lets_go(store):
     producer = ShmStore(store.prefix, 1 << 16, pool_bytes=8 << 20)
     frames = [codec.encode({"a": np.full(1 << 18, float(i))}, refs=[]) for i in range(2)]
     # (the producer side of the codec is this process's `store`: use the pool directly)
-    names = [producer.put(np.full(1 << 18, float(i)))[0] for i in range(2)]
+    names = []
+    for i in range(2):                             # two messages: two arenas
+        names.append(producer.put(np.full(1 << 18, float(i)))[0])
+        producer.seal()
     kept = np.frombuffer(store.attach(names[0]), np.float64)
     dropped = np.frombuffer(store.attach(names[1]), np.float64)
     touched = store.take_touched()
@@ -276,3 +281,23 @@ def test_attach_reuses_the_mapping_of_a_recycled_segment_and_tracks_each_attach(
         assert reader.take_released() == [name]
     finally:
         creator.cleanup()
+
+
+def test_the_arrays_of_one_message_share_an_arena_until_it_is_sealed(store):
+    from flow.shm import ARENA_BYTES
+    producer = ShmStore(store.prefix, 1 << 10, pool_bytes=64 << 20)
+    arrays = [np.full(150_000 // 8, float(i)) for i in range(40)]   # 150 KB each
+    placed = [producer.put(a) for a in arrays]
+    names = [name for name, _ in placed]
+    per_arena = ARENA_BYTES // (150_000 + 64)
+    assert len(set(names)) == -(-40 // per_arena)          # 27 arrays fill a 4 MB arena
+    assert all(off % 64 == 0 for _, off in placed)
+    producer.seal()
+    assert producer.put(np.ones(10))[0] not in names       # after seal: another arena
+    producer.seal()
+    for (name, off), a in zip(placed, arrays, strict=True):   # nothing overwrote anything
+        view = np.frombuffer(store.attach(name), np.uint8)[off:off + a.nbytes]
+        assert np.array_equal(view.view(np.float64), a)
+    big = np.ones((ARENA_BYTES // 2 + 8) // 8)                 # above half an arena: its own
+    name, off = producer.put(big)
+    assert off == 0 and name not in names
