@@ -328,6 +328,23 @@ class ShmStore:
         weakref.finalize(view, self._unmapped, id(view), name)
         return memoryview(view)
 
+    def forget_unlinked(self) -> int:
+        """Drop the kept mappings of segments whose file is gone (their creator exited and the
+        router removed them), so that their memory goes back to the system once their last view
+        is gone; returns how many. One directory listing: workers call it about once a second.
+        (A segment being renamed may be missed by the listing: dropping a mapping is always safe,
+        the next attach maps it again.)"""
+        if not self._mapped:
+            return 0
+        try:
+            present = set(os.listdir(SHM_DIR))
+        except OSError:
+            return 0
+        gone = [n for n in self._mapped if n not in present and n + FREE not in present]
+        for name in gone:
+            self._mapped_bytes -= self._mapped.pop(name)[1]
+        return len(gone)
+
     def lookup(self, arr: np.ndarray) -> tuple[str, int] | None:
         """(name, offset) when ``arr`` is a contiguous view into a segment this process mapped."""
         base, entry = arr, None

@@ -164,6 +164,7 @@ class Worker:
                 unpins = self.shm.take_released()
                 if unpins:
                     stats["unpins"] = unpins
+                self.shm.forget_unlinked()
             self.send(P.STATS, stats)
 
     def resource_stats(self) -> dict:

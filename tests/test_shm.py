@@ -301,3 +301,18 @@ def test_the_arrays_of_one_message_share_an_arena_until_it_is_sealed(store):
     big = np.ones((ARENA_BYTES // 2 + 8) // 8)                 # above half an arena: its own
     name, off = producer.put(big)
     assert off == 0 and name not in names
+
+
+def test_kept_mappings_of_removed_segments_are_forgotten(store):
+    producer = ShmStore(store.prefix, 1 << 10, pool_bytes=16 << 20)
+    names = []
+    for i in range(3):
+        names.append(producer.put(np.full(1000, float(i)))[0])
+        producer.seal()
+    views = [store.attach(n) for n in names]
+    del views
+    assert len(store._mapped) == 3 and store.forget_unlinked() == 0
+    store.release(names[0])                     # released (renamed ~free): still there
+    store.release(names[1], unlink=True)        # its creator is gone: removed
+    assert store.forget_unlinked() == 1 and set(store._mapped) == {names[0], names[2]}
+    assert np.frombuffer(store.attach(names[2]), np.float64)[0] == 2.0
