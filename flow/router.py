@@ -1,7 +1,8 @@
 """The router: one poll loop that leases events to workers, collects their ACKs, and ends the stream.
 
 Small state records (`Batch`, `WorkerState`, `StepState`, in flow/state.py) and one loop that always
-has a timeout, as in the ZeroMQ guide's brokers. The router reads only envelopes; payload frames are forwarded untouched.
+has a timeout, as in the ZeroMQ guide's brokers. The router reads only envelopes; payload frames are
+forwarded untouched.
 See docs/protocol.md for the semantics implemented here (credit windows, leases, retries and
 dead letters, backpressure, deterministic end of stream).
 """
@@ -133,7 +134,7 @@ class Router:
     def run(self, poll_ms: int = 50) -> None:
         """Loop until every consumer has closed (or the run is aborted)."""
         tune_malloc()
-        gc_threshold = gc.get_threshold()
+        gc_threshold, gc_frozen = gc.get_threshold(), gc.get_freeze_count()
         tune_gc()    # restored when the run ends: the router may run inside a user's process
         if not self.workers:
             self.start()
@@ -166,7 +167,8 @@ class Router:
                     self.kill_all()
                     break
         finally:
-            gc.unfreeze()
+            if not gc_frozen:      # (objects the caller had frozen stay frozen)
+                gc.unfreeze()
             gc.set_threshold(*gc_threshold)
             self.finished_t = time.monotonic()
             if self.state not in ("aborted", "failed"):
@@ -444,7 +446,7 @@ class Router:
     # -- queues ------------------------------------------------------------------------------
     def enqueue_outputs(self, src: StepState, out: tuple, frames: list, shm=(),
                         blob: str = "") -> int:
-        """Queue a worker's outputs (see `_outputs`) at the downstream steps: the whole batch to
+        """Queue a worker's outputs (see `flow.state.outputs_of`) at the downstream steps: the whole batch to
         every target when nothing was routed explicitly (the common case: its items are not even
         read here), else per target."""
         packed, n, items = out

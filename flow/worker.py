@@ -154,9 +154,8 @@ class Worker:
         self.send(command, envelope, frames)
 
     def maybe_heartbeat(self) -> None:
+        self.heartbeat_if_due()
         now = time.monotonic()
-        if now - self.last_sent >= self.heartbeat_s:
-            self.send(P.HEARTBEAT)
         if now - self._last_stats >= 1.0:
             self._last_stats = now
             stats = self.resource_stats()
