@@ -313,12 +313,7 @@ def _keys_ok(obj: Any, depth: int) -> bool:
         values = obj
     else:
         return True
-    if _LEAVES.issuperset(map(type, values)):
-        return True
-    for v in values:
-        if type(v) not in _LEAVES and isinstance(v, _CONTAINERS) and not _keys_ok(v, depth + 1):
-            return False
-    return True
+    return _LEAVES.issuperset(map(type, values)) or _values_ok(values, depth + 1)
 
 
 def _values_ok(values, depth: int) -> bool:

@@ -153,6 +153,11 @@ def pack_items(items: list) -> bytes:
     return data[1 if n < 16 else 3 if n < 65536 else 5:]
 
 
+def _check_packed_args(data: Any, n: Any) -> None:
+    if type(data) is not bytes or type(n) is not int or not 0 <= n <= MAX_ITEMS:
+        raise ProtocolError("malformed item list (expected bytes and a count)")
+
+
 def check_packed(data: Any, n: Any) -> None:
     """ProtocolError unless ``data`` (from `pack_items`) holds exactly ``n`` msgpack objects.
 
@@ -160,8 +165,7 @@ def check_packed(data: Any, n: Any) -> None:
     building them (~0.07 µs per item, against ~0.4 µs to unpack), so garbage is refused where
     it arrives and the lease it answers is retried; the items' shapes are checked by the worker
     that unpacks them (`unpack_items`)."""
-    if type(data) is not bytes or type(n) is not int or not 0 <= n <= MAX_ITEMS:
-        raise ProtocolError("malformed item list (expected bytes and a count)")
+    _check_packed_args(data, n)
     unpacker = msgpack.Unpacker(max_buffer_size=max(len(data), 1))
     unpacker.feed(data)
     try:
@@ -176,8 +180,7 @@ def check_packed(data: Any, n: Any) -> None:
 def unpack_items(data: Any, n: Any, width: int = 4, deep: bool = True) -> list:
     """The ``n`` items packed by `pack_items`, checked with `check_items`; ProtocolError when
     ``data`` does not hold exactly ``n`` well-formed items."""
-    if type(data) is not bytes or type(n) is not int or not 0 <= n <= MAX_ITEMS:
-        raise ProtocolError("malformed item list (expected bytes and a count)")
+    _check_packed_args(data, n)
     head = bytes([0x90 | n]) if n < 16 else b"\xdc" + n.to_bytes(2, "big") if n < 65536 \
         else b"\xdd" + n.to_bytes(4, "big")
     return check_items(unpack(head + data), width, deep)

@@ -89,9 +89,8 @@ def outputs_of(env: dict) -> tuple:
     only when some output was routed explicitly, and the router then splits the batch by target;
     otherwise only their framing is checked (`check_packed`). ProtocolError if malformed."""
     packed, n, routed = env.get("out", b""), env.get("n", 0), env.get("routed", False)
-    if type(packed) is not bytes or type(n) is not int or not 0 <= n <= P.MAX_ITEMS \
-            or bool(n) != bool(packed) or type(routed) is not bool:
-        raise ProtocolError("malformed outputs (expected packed items, their count, routed)")
+    if type(routed) is not bool:   # packed and n are checked by unpack_items / check_packed
+        raise ProtocolError("malformed outputs: routed is not a bool")
     if routed:
         return packed, n, P.unpack_items(packed, n)
     P.check_packed(packed, n)
