@@ -49,9 +49,9 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
 
 import zmq  # noqa: E402
 
-from flow.config import graph_from_text  # noqa: E402
-from flow.monitor import ControlClient, read_token  # noqa: E402
-from flow.run import RunOptions, run  # noqa: E402
+from flow.engine.run import RunOptions, run  # noqa: E402
+from flow.graph.loader import graph_from_text  # noqa: E402
+from flow.observe.control import ControlClient, read_token  # noqa: E402
 
 PIPELINES = {
     "noop": ("read->work", """

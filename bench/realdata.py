@@ -53,8 +53,8 @@ warnings.filterwarnings("ignore")
 
 import yaml  # noqa: E402
 
-from flow.params import Param  # noqa: E402
-from flow.step import Keyed  # noqa: E402
+from flow.graph.params import Param  # noqa: E402
+from flow.graph.step import Keyed  # noqa: E402
 from stages.io.hdf5 import DL2Writer  # noqa: E402
 from stages.io.simtel import SimtelSource  # noqa: E402
 
@@ -73,7 +73,7 @@ class RepeatedSimtel(SimtelSource):
     def setup(self) -> None:
         # SimtelSource.process() builds its context first (3 s for gamma_test's 100+ telescopes):
         # in a worker that is one silent generator step, and with the file's first read the
-        # router declares the producer dead (flow/worker.py run_producer heartbeats only between
+        # router declares the producer dead (flow/engine/worker.py run_producer heartbeats only between
         # batches). The router already sent the context: use it.
         if "subarray" in (self.context or {}):
             self._context = dict(self.context)
@@ -113,7 +113,7 @@ def engine_graph(path: str, passes: int, workers: int, autoscale: bool, out_dir:
                  readers: int = 1):
     """configs/simtel_dl2.yaml with the repeating source (split over ``readers`` producer steps),
     timed writer and N calibrate workers."""
-    from flow.config import graph_from_text
+    from flow.graph.loader import graph_from_text
 
     spec = yaml.safe_load(CONFIG.read_text())
     steps = {s["name"]: s for s in spec["steps"]}
@@ -136,7 +136,7 @@ def engine_graph(path: str, passes: int, workers: int, autoscale: bool, out_dir:
 
 
 def run_engine(path: str, passes: int, workers: int, autoscale: bool, readers: int = 1) -> dict:
-    from flow.run import RunOptions, run
+    from flow.engine.run import RunOptions, run
 
     with tempfile.TemporaryDirectory(prefix="realdata-") as tmp:
         out = Path(tmp)

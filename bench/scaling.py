@@ -20,7 +20,7 @@ B. Rate doubling: a rate-limited producer (bench/steps.py: Rated) at R Hz, 2R Hz
    backlog), whichever is later. changes_per_min_steady = worker-count changes per minute during
    the steady windows: phase 1 after a 10 s warm-up, and phase 2 after settling.
    Run twice: with ``batch_max: 4`` (reported in the JSON line) and with the default (256, in
-   "detail"): a producer sends a partial batch 5 ms after its first event (flow/worker.py
+   "detail"): a producer sends a partial batch 5 ms after its first event (flow/engine/worker.py
    BATCH_FLUSH_S), so a slow source is not bunched into bursts of batch_max events.
 
 C. RSS bound: a fast producer of 1 MB events into a 20 ms stager with queue_limit_bytes = 16 MB.
@@ -52,14 +52,14 @@ if str(ROOT) not in sys.path:
 os.environ["PYTHONPATH"] = os.pathsep.join(
     p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
 
-from flow.graph import RouterOptions, step  # noqa: E402
-from flow.run import RunOptions, run  # noqa: E402
+from flow.engine.run import RunOptions, run  # noqa: E402
+from flow.graph.model import RouterOptions, step  # noqa: E402
 
 LIGHT_MS, HEAVY_MS = 1.0, 8.0
 
 
 def run_quiet(graph, run_dir: str, **kw):
-    """`flow.run.run` quietly (the summary table run() prints even when quiet is swallowed)."""
+    """`flow.engine.run.run` quietly (the summary table run() prints even when quiet is swallowed)."""
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         return run(graph, RunOptions(quiet=True, view=False, run_dir=run_dir, **kw))
 

@@ -19,8 +19,8 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from flow.params import Param
-from flow.step import Consumer, Keyed, Producer, Stager
+from flow.graph.params import Param
+from flow.graph.step import Consumer, Keyed, Producer, Stager
 
 
 class Payload(Producer):

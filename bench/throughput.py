@@ -43,8 +43,8 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
 import numpy as np  # noqa: E402
 import zmq  # noqa: E402
 
-from flow.graph import RouterOptions, step  # noqa: E402
-from flow.run import RunOptions, run  # noqa: E402
+from flow.engine.run import RunOptions, run  # noqa: E402
+from flow.graph.model import RouterOptions, step  # noqa: E402
 
 SIZES = {"100B": 100, "7KB": 7 * 1024, "150KB": 150 * 1024, "4MB": 4 * 1024 * 1024}
 COPY_THRESHOLD = 64 * 1024   # raw sender: copy=False at and above this size
@@ -101,8 +101,8 @@ def engine_graph(size: int, n: int, n_stagers: int, stamp: str, opts: RouterOpti
 
 
 def run_quiet(graph, run_dir: str, **kw):
-    """`flow.run.run` with quiet=True; the end-of-run summary table, which run() prints to stdout
-    even when quiet (flow/run.py: ``if not options.quiet or True``), is swallowed."""
+    """`flow.engine.run.run` with quiet=True; the end-of-run summary table, which run() prints to stdout
+    even when quiet (flow/engine/run.py: ``if not options.quiet or True``), is swallowed."""
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         return run(graph, RunOptions(quiet=True, view=False, run_dir=run_dir, **kw))
 
@@ -182,7 +182,7 @@ def throughput(quick: bool, repeats: int) -> dict:
 def private_rss(proc) -> int:
     """RSS without shared pages (RssAnon on Linux): what a process holds for itself. The shared
     part is mostly the shared-memory segments, pooled and kept mapped on purpose (bounded by the
-    pool size, ``flow.shm.MAP_CACHE_BYTES`` and the run's queues), and counted in every process
+    pool size, ``flow.wire.shm.MAP_CACHE_BYTES`` and the run's queues), and counted in every process
     that maps them."""
     try:
         with open(f"/proc/{proc.pid}/status") as fh:
@@ -211,7 +211,7 @@ def rss_mode(n: int, size: int) -> dict:
             for c in me.children(recursive=True):
                 try:
                     cmd = c.cmdline()
-                    if "flow.worker" in cmd:
+                    if "flow.engine.worker" in cmd:
                         workers[cmd[-1]] = private_rss(c)
                 except psutil.Error:
                     pass
@@ -254,7 +254,7 @@ def rss_mode(n: int, size: int) -> dict:
     print(f"flat (|growth after the first 20 % of samples| < 10 MB): {flat}")
     if not flat.get("sink", True):
         print("  the consumer grows with the number of events: its duplicate filter "
-              "(flow/worker.py Worker.seen, a set of (key, path)) is never pruned")
+              "(flow/engine/worker.py Worker.seen, a set of (key, path)) is never pruned")
     return {"rss": out, "rss_flat": flat, "events": n, "consumed": rec["n"]}
 
 

@@ -3,8 +3,8 @@
 The public API is what this module re-exports; everything else is private.
 """
 
-from .config import REGISTRY, graph_from_text, load_graph
-from .errors import (
+from flow.engine.run import RunOptions, run
+from flow.errors import (
     ConfigError,
     ConfigErrors,
     DataError,
@@ -14,11 +14,11 @@ from .errors import (
     RunError,
     StepError,
 )
-from .graph import Graph, RouterOptions, StepSpec, Workers, step, validate
-from .params import REQUIRED, Param
-from .run import RunOptions, run
-from .step import Consumer, Keyed, Producer, Stager, To
-from .summary import RunSummary
+from flow.graph.loader import REGISTRY, graph_from_text, load_graph
+from flow.graph.model import Graph, RouterOptions, StepSpec, Workers, step, validate
+from flow.graph.params import REQUIRED, Param
+from flow.graph.step import Consumer, Keyed, Producer, Stager, To
+from flow.observe.summary import RunSummary
 
 __version__ = "0.1.0"
 

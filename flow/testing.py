@@ -20,14 +20,14 @@ from collections.abc import Iterable, Iterator
 from dataclasses import replace
 from typing import Any
 
-from . import codec
-from .clock import FakeClock
-from .graph import Graph, resolve_use
-from .inline import run_inline
-from .params import REQUIRED, Param
-from .routing import producer_outputs, stager_outputs
-from .step import Consumer, Keyed, Producer, instantiate
-from .summary import RunSummary
+from flow.clock import FakeClock
+from flow.engine.inline import run_inline
+from flow.engine.outputs import producer_outputs, stager_outputs
+from flow.graph.model import Graph, resolve_use
+from flow.graph.params import REQUIRED, Param
+from flow.graph.step import Consumer, Keyed, Producer, instantiate
+from flow.observe.summary import RunSummary
+from flow.wire import codec
 
 _EVENTS: dict[str, list] = {}      # token -> events of a MemorySource / received by a MemorySink
 _tokens = itertools.count()

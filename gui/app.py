@@ -1,6 +1,6 @@
 """`flow gui`: the Qt monitor of a running pipeline (docs/monitoring.md).
 
-Records are read by `flow.monitor.MonitorClient`'s background thread; the window polls its snapshot
+Records are read by `flow.observe.monitor.MonitorClient`'s background thread; the window polls its snapshot
 four times a second and renders only the newest state, so a slow screen never slows the pipeline.
 
     flow gui --connect tcp://127.0.0.1:5560 [--control tcp://127.0.0.1:5561 --token-file F]
@@ -17,7 +17,8 @@ import sys
 from PyQt5 import QtCore, QtGui, QtWidgets
 
 from flow.errors import FlowError
-from flow.monitor import ControlClient, MonitorClient, MonitorState, read_token
+from flow.observe.control import ControlClient, read_token
+from flow.observe.monitor import MonitorClient, MonitorState
 
 from . import theme
 from .controls import ControlBar, ControlRunner

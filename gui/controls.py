@@ -1,6 +1,6 @@
 """Run controls: pause/resume, drain, stop, worker bounds of a step, tapping an edge.
 
-Commands go through `flow.monitor.ControlClient` in a short-lived thread, so the window never waits on
+Commands go through `flow.observe.control.ControlClient` in a short-lived thread, so the window never waits on
 the network; the reply comes back as the ``replied`` signal (queued into the GUI thread).
 """
 
@@ -10,7 +10,7 @@ import threading
 
 from PyQt5 import QtCore, QtWidgets
 
-from flow.monitor import ControlClient
+from flow.observe.control import ControlClient
 
 
 class ControlRunner(QtCore.QObject):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from PyQt5 import QtCore, QtGui, QtWidgets
 
-from flow.monitor import topo_layers
+from flow.observe.monitor import topo_layers
 
 from . import theme
 from .fmt import fmt_count, fmt_rate

@@ -19,8 +19,8 @@ from fnmatch import fnmatch
 import numpy as np
 from numba import njit
 
-from flow.params import Param
-from flow.step import Stager
+from flow.graph.params import Param
+from flow.graph.step import Stager
 
 THRESHOLD_KEYS = ("picture_thresh", "boundary_thresh", "keep_isolated_pixels",
                   "min_number_picture_neighbors")

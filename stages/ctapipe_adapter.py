@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from flow.params import REQUIRED, Param
-from flow.step import Stager, import_object
+from flow.graph.params import REQUIRED, Param
+from flow.graph.step import Stager, import_object
 
 
 def ctapipe_subarray(context_subarray: dict):

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit
 
-from flow.params import Param
-from flow.step import Stager
+from flow.graph.params import Param
+from flow.graph.step import Stager
 
 from .hillas import (
     CONCENTRATION_FIELDS,

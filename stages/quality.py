@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import math
 
-from flow.params import Param
-from flow.step import Stager
+from flow.graph.params import Param
+from flow.graph.step import Stager
 
 
 def passes_stereo_quality(params: dict, min_intensity: float = 50.0, min_width: float = 0.0,

@@ -18,8 +18,8 @@ from itertools import combinations
 
 import numpy as np
 
-from flow.params import Param
-from flow.step import Stager
+from flow.graph.params import Param
+from flow.graph.step import Stager
 
 from .quality import passes_stereo_quality
 

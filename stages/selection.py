@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from flow.params import Param
-from flow.step import Stager
+from flow.graph.params import Param
+from flow.graph.step import Stager
 
 
 def impact_distances(positions, core_x, core_y, alt_deg, az_deg):

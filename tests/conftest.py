@@ -36,7 +36,8 @@ def gui_window(qtbot, qapp):
 
     Qt is imported only by the tests that use it (pytest-qt provides ``qtbot``/``qapp``).
     """
-    from flow.monitor import ControlClient, MonitorClient
+    from flow.observe.control import ControlClient
+    from flow.observe.monitor import MonitorClient
     from gui import app as gui_app
     from gui import theme
 

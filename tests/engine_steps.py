@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from flow.params import REQUIRED, Param
-from flow.step import Consumer, Keyed, Producer, Stager
+from flow.graph.params import REQUIRED, Param
+from flow.graph.step import Consumer, Keyed, Producer, Stager
 
 
 class FailSetup(Stager):
@@ -92,9 +92,9 @@ class GarbleAckOnce(Stager):
             Path(self.marker).write_text("garbled")
             import gc
 
-            from flow import protocol as P
-            # the worker runs as `python -m flow.worker`: its class lives in __main__; it was
-            # frozen after setup (flow.memory.tune_gc), and get_objects skips frozen objects
+            from flow.wire import protocol as P
+            # the worker runs as `python -m flow.engine.worker`: its class lives in __main__; it was
+            # frozen after setup (flow.engine.memory.tune_gc), and get_objects skips frozen objects
             gc.unfreeze()
             w = next(o for o in gc.get_objects()
                      if type(o).__name__ == "Worker" and hasattr(o, "send_outputs"))
@@ -138,7 +138,7 @@ class Keeper(Consumer):
         self.names: set[str] = set()
 
     def process(self, event) -> None:
-        from flow import codec
+        from flow.wire import codec
         i, data = event["i"], event["data"]
         hit = codec._shm_store.lookup(data) if codec._shm_store is not None else None
         if hit is not None:

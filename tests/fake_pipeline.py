@@ -22,11 +22,11 @@ import msgpack
 import numpy as np
 import zmq
 
-from flow.monitor import fallback_encode
+from flow.observe.monitor import fallback_encode
 
 try:
-    from flow.codec import encode as _codec_encode
-except ImportError:  # pragma: no cover - flow.codec is part of the engine
+    from flow.wire.codec import encode as _codec_encode
+except ImportError:  # pragma: no cover - flow.wire.codec is part of the engine
     _codec_encode = None
 
 DEFAULT_STEPS = [
@@ -42,7 +42,7 @@ TEL_IDS = (1, 2)
 
 
 def encode_payload(value: Any) -> list[bytes]:
-    """flow.codec frames when the codec is there, the monitor's stand-in format otherwise."""
+    """flow.wire.codec frames when the codec is there, the monitor's stand-in format otherwise."""
     if _codec_encode is not None:
         return [bytes(f) for f in _codec_encode(value)]
     return fallback_encode(value)

@@ -9,7 +9,7 @@ crosses any codec and is easy to check against an independent reference:
 - `DropOdd` (stager): drops events whose ``i`` is odd (returns None).
 - `Split` (stager): one-to-many, ``parts`` copies with ``"part": 0..parts-1``.
 - `RouteByBranch` (stager): sends even ``i`` to step ``even`` and odd ``i`` to step ``odd``
-  with `flow.step.To`.
+  with `flow.graph.step.To`.
 - `FailOn` (stager): raises ``RuntimeError`` for the listed ``i`` (dead-letter and retry tests).
 - `Sleep` (stager): sleeps ``ms`` per event (scaling and back-pressure tests).
 - `ListConsumer` (consumer): appends one JSON line ``{"key", "step", "event"}`` per event to
@@ -28,8 +28,8 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from flow.params import REQUIRED, Param
-from flow.step import Consumer, Keyed, Producer, Stager, To
+from flow.graph.params import REQUIRED, Param
+from flow.graph.step import Consumer, Keyed, Producer, Stager, To
 
 
 class Counter(Producer):

@@ -32,7 +32,7 @@ def compose() -> dict:
 
 
 def flow_parser() -> tuple[argparse.ArgumentParser, set[str]]:
-    from flow.cli import build_parser
+    from flow.cli.app import build_parser
 
     parser = build_parser()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))

@@ -10,9 +10,9 @@ import time
 import pytest
 import zmq
 
-from flow.config import graph_from_text
-from flow.run import RunOptions, run
-from flow.summary import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL
+from flow.engine.run import RunOptions, run
+from flow.graph.loader import graph_from_text
+from flow.observe.summary import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL
 from tests.steps import read_jsonl
 
 

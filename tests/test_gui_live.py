@@ -1,6 +1,6 @@
 """The Qt monitor against REAL running pipelines (router + worker processes), offscreen.
 
-Each pipeline runs in this process with `flow.run.run` in a background thread (the router installs
+Each pipeline runs in this process with `flow.engine.run.run` in a background thread (the router installs
 signal handlers, which only the main thread may do, so the module's `signal` is replaced by a stand-in);
 the GUI lives in the main thread, as pytest-qt wants. The GUI talks to the run only through its
 monitor and control sockets on tcp://127.0.0.1, like `flow gui`. Every wait is for a condition with a
@@ -34,14 +34,14 @@ import pytest  # noqa: E402
 
 pytest.importorskip("pytestqt")
 
-from flow.config import graph_from_text  # noqa: E402
-from flow.graph import resolve_use  # noqa: E402
-from flow.monitor import read_token  # noqa: E402
-from flow.run import RunOptions, prepare_context  # noqa: E402
-from flow.step import instantiate  # noqa: E402
+from flow.engine.run import RunOptions, prepare_context  # noqa: E402
+from flow.graph.loader import graph_from_text  # noqa: E402
+from flow.graph.model import resolve_use  # noqa: E402
+from flow.graph.step import instantiate  # noqa: E402
+from flow.observe.control import read_token  # noqa: E402
 from gui import app as gui_app  # noqa: E402
 
-RUN_MODULE = importlib.import_module("flow.run")   # `flow.run` is also the function
+RUN_MODULE = importlib.import_module("flow.engine.run")
 
 pytestmark = pytest.mark.qt
 DOCS = Path(__file__).resolve().parents[1] / "docs"
@@ -57,7 +57,7 @@ def free_tcp() -> str:
 
 
 class LiveRun:
-    """`flow.run.run(graph)` in a background thread; ``router``/``publisher`` once bound."""
+    """`flow.engine.run.run(graph)` in a background thread; ``router``/``publisher`` once bound."""
 
     def __init__(self, tmp_path: Path, text: str, name: str, monitor: str = "tcp://127.0.0.1:0",
                  control: str = "tcp://127.0.0.1:0", scale: bool = False):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from astropy.utils import iers
 
-from flow.step import Keyed
+from flow.graph.step import Keyed
 from stages.io.simtel import SimtelReadWarning, SimtelSource
 
 iers.conf.auto_download = False

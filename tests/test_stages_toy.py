@@ -6,7 +6,7 @@ import astropy.units as u
 import numpy as np
 import pytest
 
-from flow.step import Keyed
+from flow.graph.step import Keyed
 from stages.io.geometry import hex_camera, neighbor_lists, square_camera
 from stages.io.toy import ToyEventSource
 

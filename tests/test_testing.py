@@ -7,7 +7,7 @@ import pytest
 
 from flow import step as flow_step
 from flow.errors import ProtocolError
-from flow.step import Keyed
+from flow.graph.step import Keyed
 from flow.testing import FakeClock, collect, produced, round_trip, run_stager
 from tests.steps import AddOne, Counter, RouteByBranch
 

@@ -15,8 +15,8 @@ import numpy as np
 import tables
 
 from flow.errors import DataError
-from flow.params import REQUIRED, Param
-from flow.step import Keyed, Producer
+from flow.graph.params import REQUIRED, Param
+from flow.graph.step import Keyed, Producer
 
 from ..datasets import resolve_path
 from .hdf5 import (

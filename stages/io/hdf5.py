@@ -37,8 +37,8 @@ from pathlib import Path
 import numpy as np
 import tables
 
-from flow.params import REQUIRED, Param
-from flow.step import Consumer
+from flow.graph.params import REQUIRED, Param
+from flow.graph.step import Consumer
 
 FILTERS = tables.Filters(complevel=5, complib="blosc:zstd", shuffle=True)
 KEYS_PATH = "/flow/keys"

@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 
 from flow.errors import DataError
-from flow.params import REQUIRED, Param
-from flow.step import Keyed, Producer
+from flow.graph.params import REQUIRED, Param
+from flow.graph.step import Keyed, Producer
 
 from ..datasets import resolve_path
 from .geometry import camera_dict

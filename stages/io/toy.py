@@ -19,8 +19,8 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from flow.params import Param
-from flow.step import Keyed, Producer
+from flow.graph.params import Param
+from flow.graph.step import Keyed, Producer
 
 from .geometry import hex_camera, square_camera
 
