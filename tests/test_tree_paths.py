@@ -13,19 +13,19 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# An absolute path starting at a home, work or temporary directory (not `x/work/`, not `~/`).
+# Directory names only (no slashes here, so this file does not name them itself).
+HOMES = ("home", "Users")                                  # followed by a user name
+DIRS = ("root", "work", "scratch", "workspace",            # root's home, shared work areas
+        "tmp", "var/tmp", "var/folders", "private/var")    # temporary directories
+# An absolute path starting at one of them (not `x/work/`, not `~/`, not `ipc:///...`).
 MACHINE_PATH = re.compile(
-    r"(?<![\w.~/-])(?:"
-    r"/(?:home|Users)/[A-Za-z_][\w.-]*"        # a user's home
-    r"|/root/"                                 # root's home
-    r"|/(?:work|scratch|workspace)/"           # shared work areas
-    r"|/(?:var/)?tmp/|/var/folders/|/private/var/"  # temporary directories
-    r"|[A-Za-z]:\\{1,2}Users\\"                # a Windows home
-    r")")
+    r"(?<![\w.~/-])/(?:(?:" + "|".join(HOMES) + r")/[A-Za-z_]"
+    + r"|(?:" + "|".join(map(re.escape, DIRS)) + r")/)"
+    + r"|[A-Za-z]:\\{1,2}Users\\")                          # a Windows home
 
 ALLOWED = {  # (file, text on the line): why it is not a machine's path
-    ("docker/Dockerfile", "NUMBA_CACHE_DIR=/tmp/numba"): "inside the container image",
-    ("docker/Dockerfile", "MPLCONFIGDIR=/tmp/mpl"): "inside the container image",
+    ("docker/Dockerfile", "NUMBA_CACHE_DIR="): "inside the container image",
+    ("docker/Dockerfile", "MPLCONFIGDIR="): "inside the container image",
 }
 
 
