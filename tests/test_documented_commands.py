@@ -77,21 +77,28 @@ class Workspace:
         self.ran: list[str] = []
 
     def start(self, command: str) -> subprocess.Popen:
-        """``command`` through bash in its own process group (its children end with it)."""
+        """``command`` through bash in its own process group (its children end with it).
+
+        Its output goes to a file (``proc.log``): a child that outlives it (the monitor of
+        ``--gui``) would hold a pipe open.
+        """
         self.ran.append(command)
-        return subprocess.Popen(["bash", "-c", command], cwd=self.dir, env=self.env,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                start_new_session=True)
+        log = self.dir / f"cmd{len(self.ran)}.log"
+        with open(log, "w") as out:
+            proc = subprocess.Popen(["bash", "-c", command], cwd=self.dir, env=self.env,
+                                    stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        proc.log = log
+        return proc
 
     def run(self, command: str, timeout: float = 300, expect: int = 0) -> str:
         proc = self.start(command)
         try:
-            out, err = proc.communicate(timeout=timeout)
+            proc.wait(timeout=timeout)
         finally:
             stop_group(proc)
-        assert proc.returncode == expect, f"{command}: exit {proc.returncode}\n{out[-2000:]}\n" \
-                                          f"{err[-3000:]}"
-        return out + err
+        out = proc.log.read_text(errors="replace")
+        assert proc.returncode == expect, f"{command}: exit {proc.returncode}\n{out[-4000:]}"
+        return out
 
 
 def stop_group(proc: subprocess.Popen) -> None:
@@ -257,8 +264,7 @@ def test_run_with_gui_opens_the_monitor(ws):
             seen = [c for c in group_commands(proc.pid) if "gui.app" in c and "--connect" in c]
             time.sleep(0.5)
         assert seen, "flow run --gui started no monitor"
-        out, err = proc.communicate(timeout=300)
-        assert proc.returncode == 0, err[-3000:]
+        assert proc.wait(timeout=300) == 0, proc.log.read_text()[-3000:]
         assert [c for c in group_commands(proc.pid) if "gui.app" in c], \
             "the monitor stays open on the finished run"
     finally:
@@ -285,15 +291,13 @@ def test_keys_then_an_encrypted_router_and_an_agent(ws, keys, router_cmd, agent_
     agent = ws.start(agent_cmd.replace("5555", str(port)).replace("ROUTER", "127.0.0.1")
                      .replace("router-host", "127.0.0.1"))
     try:
-        out, err = router.communicate(timeout=300)
-        assert router.returncode == 0, err[-3000:]
+        assert router.wait(timeout=300) == 0, router.log.read_text()[-3000:]
         assert summary_of(ws, "out/bind.json")["unique_consumed"]["write"] == 150
     finally:
         stop_group(router)
-        agent_out = agent.communicate(timeout=60)[1] if agent.poll() is not None else ""
         stop_group(agent)
     ws.ran[-2:] = [router_cmd, agent_cmd]
-    assert "Traceback" not in agent_out
+    assert "Traceback" not in agent.log.read_text()
 
 
 # -------------------------------------------------------------------------------- the coverage
