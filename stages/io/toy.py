@@ -24,6 +24,7 @@ in the one producer process. Either way the rendered events are the same.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterator, Mapping
 
@@ -113,16 +114,24 @@ def ellipse_model(shower: dict, tel: dict, rng: np.random.Generator) -> dict:
     }
 
 
-def camera_radius_deg(tel: dict) -> float:
-    """Angular radius of a telescope's camera (deg): the farthest pixel centre."""
+def camera_extent(tel: dict) -> tuple[float, float]:
+    """(angular radius in deg: the farthest pixel centre, fraction of that disc the pixels cover)."""
     cam = tel["camera"]
-    return float(np.rad2deg(np.hypot(cam["pix_x"], cam["pix_y"]).max()
-                            / tel["optics"]["focal_length"]))
+    radius = float(np.hypot(cam["pix_x"], cam["pix_y"]).max())
+    fill = min(1.0, float(np.sum(cam["pix_area"])) / (np.pi * radius**2))
+    return float(np.rad2deg(radius / tel["optics"]["focal_length"])), fill
 
 
-def triggers(ell: dict, radius_deg: float) -> bool:
-    """Enough light, centred on the camera: the telescope is read out (decided without pixels)."""
-    return ell["intensity"] >= TRIGGER_PE and np.hypot(ell["cog_x"], ell["cog_y"]) < radius_deg
+def triggers(ell: dict, extent: tuple[float, float]) -> bool:
+    """Enough light on the pixels: the telescope is read out (decided without rendering them).
+
+    The light on the pixels is the image intensity, times the part of the ellipse within the camera
+    radius along its major axis, times the pixels' fill factor.
+    """
+    radius, fill = extent
+    distance = math.hypot(ell["cog_x"], ell["cog_y"])
+    inside = 0.5 * math.erfc((distance - radius) / (math.sqrt(2.0) * ell["length"]))
+    return ell["intensity"] * inside * fill >= TRIGGER_PE
 
 
 def draw_event(seed: int, index: int, subarray: Mapping, gamma_fraction: float = 0.5,
@@ -133,12 +142,13 @@ def draw_event(seed: int, index: int, subarray: Mapping, gamma_fraction: float =
     """
     rng = np.random.default_rng((seed, index))
     is_gamma = rng.random() < gamma_fraction
+    extents = {tel_id: camera_extent(tel) for tel_id, tel in subarray["tels"].items()}
     for _ in range(1000):
         shower = draw_shower(rng, is_gamma)
         tels = {}
         for tel_id, tel in subarray["tels"].items():
             ell = {k: float(v) for k, v in ellipse_model(shower, tel, rng).items()}
-            if triggers(ell, camera_radius_deg(tel)):
+            if triggers(ell, extents[tel_id]):
                 tels[tel_id] = {"toy_ellipse": ell}
         if tels:
             break
