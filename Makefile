@@ -2,18 +2,23 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-export NUMBA_CACHE_DIR ?= $(CURDIR)/.cache/numba
 export MPLCONFIGDIR ?= $(CURDIR)/.cache/mpl
 export QT_QPA_PLATFORM ?= offscreen
 
 .PHONY: venv demo test bench lint clean
 
-venv: $(VENV)/.installed
+# numba kernels compiled once here, into the cache flow's workers read ($NUMBA_CACHE_DIR, else
+# ~/.cache/flow-iact/numba): the first run loads them instead of compiling (stages/warm.py).
+venv: $(VENV)/.warmed
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[test,gui,ctapipe,ml,metrics]'
+	touch $@
+
+$(VENV)/.warmed: $(VENV)/.installed $(wildcard stages/*.py stages/io/*.py)
+	$(BIN)/python -m stages.warm
 	touch $@
 
 demo: venv

@@ -47,7 +47,6 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 os.environ["PYTHONPATH"] = os.pathsep.join(  # workers are fresh interpreters: find bench.realdata
     p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
-os.environ.setdefault("FLOW_DATA_DIR", "/work/shared/data")
 os.environ.setdefault("NUMBA_CACHE_DIR", str(ROOT / ".cache" / "numba"))
 warnings.filterwarnings("ignore")
 

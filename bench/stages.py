@@ -26,7 +26,6 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
 sys.path.insert(0, os.path.dirname(_HERE))
 warnings.filterwarnings("ignore")
-os.environ.setdefault("FLOW_DATA_DIR", "/work/shared/data")
 
 from astropy.utils import iers  # noqa: E402
 
@@ -47,11 +46,8 @@ def load_images(max_events: int):
     from ctapipe.coordinates import TelescopeFrame
     from ctapipe.io import SimTelEventSource
 
-    try:
-        from stages.datasets import find_dataset
-    except ImportError:
-        def find_dataset(name):
-            return os.path.join(os.environ["FLOW_DATA_DIR"], name)
+    from stages.datasets import find_dataset  # $FLOW_DATA_DIR, the user cache, or a download
+
     out = []
     for name in FILES:
         source = SimTelEventSource(str(find_dataset(name)), max_events=max_events,

@@ -246,26 +246,35 @@ def grab(window: QtWidgets.QWidget, path: str) -> bool:
     return window.grab().save(path, "PNG")
 
 
+def build_parser() -> argparse.ArgumentParser:
+    """The options of ``python -m gui.app``: those of ``flow gui`` (`flow.cli.gui.gui_arguments`)."""
+    p = argparse.ArgumentParser(prog="flow gui", description="Qt monitor of a running flow pipeline.")
+    p.add_argument("--connect", required=True, metavar="ADDR",
+                   help="monitor address of the run, e.g. tcp://127.0.0.1:5560 (`flow run` prints it)")
+    p.add_argument("--control", metavar="ADDR",
+                   help="control address (enables pause, scale, drain, stop, tap)")
+    p.add_argument("--token-file", metavar="FILE", help="file holding the run's control token")
+    p.add_argument("--keys", metavar="DIR", help="directory of CURVE keys, when the run uses them")
+    p.add_argument("--window", type=float, default=300.0, metavar="S",
+                   help="seconds shown in the plots (default 300)")
+    p.add_argument("--screenshot", metavar="PNG", help="save the window to this PNG before exiting")
+    p.add_argument("--exit-after", type=float, metavar="S", help="quit after this many seconds")
+    p.add_argument("--nice", type=int, default=10,
+                   help="niceness added to the GUI process (default 10), so the monitor yields "
+                        "the CPU to the pipeline (0: no change)")
+    return p
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["gui"]:
         argv = argv[1:]
-    p = argparse.ArgumentParser(prog="flow gui", description="Qt monitor of a running flow pipeline.")
-    p.add_argument("--connect", required=True, help="monitor address, e.g. tcp://127.0.0.1:5560")
-    p.add_argument("--control", help="control address (enables pause, scale, drain, stop, tap)")
-    p.add_argument("--token-file", help="file holding the run's control token")
-    p.add_argument("--keys", help="directory of CURVE keys, when the pipeline uses them")
-    p.add_argument("--window", type=float, default=300.0, help="seconds shown in the plots")
-    p.add_argument("--screenshot", help="save the window to this PNG before exiting")
-    p.add_argument("--exit-after", type=float, help="quit after this many seconds")
-    p.add_argument("--nice", type=int, default=10,
-                   help="scheduling niceness added to the GUI process (default 10): on a machine "
-                        "the pipeline saturates, the monitor yields the CPU to it (0: no change)")
-    return p.parse_args(argv)
+    return build_parser().parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def main(argv: list[str] | None = None, args: argparse.Namespace | None = None) -> int:
+    """Open the monitor; ``args`` already parsed (by ``flow gui``), else parsed from ``argv``."""
+    args = parse_args(argv) if args is None else args
     if args.nice > 0:
         try:
             os.nice(args.nice)

@@ -1,4 +1,9 @@
-"""Shared test set-up: offscreen Qt, writable caches, real data, and no IERS downloads."""
+"""Shared test set-up: offscreen Qt, writable caches, real data, and no IERS downloads.
+
+Real sim_telarray files come only through `stages.datasets` (``$FLOW_DATA_DIR``, else the user
+cache, else a download of the eventio sdist): a test that needs one asks the ``data_file`` fixture,
+which downloads it when missing, so the test runs on a fresh machine instead of skipping.
+"""
 
 from __future__ import annotations
 
@@ -12,9 +17,6 @@ ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 os.environ.setdefault("NUMBA_CACHE_DIR", str(ROOT / ".cache" / "numba"))
 os.environ.setdefault("MPLCONFIGDIR", str(ROOT / ".cache" / "mpl"))
-_shared = ROOT.parent / "shared" / "data"
-if "FLOW_DATA_DIR" not in os.environ and _shared.is_dir():
-    os.environ["FLOW_DATA_DIR"] = str(_shared)
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 # worker processes import tests.steps: make the repository importable for them too
@@ -28,6 +30,21 @@ try:
     iers.conf.auto_max_age = None
 except ImportError:  # astropy is a dependency; keep conftest importable regardless
     pass
+
+
+GAMMA_TEST = "gamma_test.simtel.gz"
+SST1M = "gamma_20deg_0deg_run102___cta-prod4-sst-1m_desert-2150m-Paranal-sst-1m.simtel.zst"
+
+
+@pytest.fixture(scope="session")
+def data_file():
+    """``data_file(name) -> Path`` of a real data file, downloaded into the user cache if missing.
+
+    A file that cannot be found or fetched fails the test with `DataError` (saying what to set).
+    """
+    from stages.datasets import find_dataset
+
+    return find_dataset
 
 
 @pytest.fixture

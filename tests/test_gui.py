@@ -173,10 +173,10 @@ def test_main_screenshot_and_exit(tmp_path):
         token = tmp_path / "token"
         token.write_text(fake.token + "\n")
         out = tmp_path / "shot.png"
-        # the real entry point, as `flow gui` runs it: its own process and QApplication (an
+        # the documented command, `flow gui --connect ADDR`: its own process and QApplication (an
         # in-process app.exec_()/quit() would leak into the other Qt tests of this session)
         proc = subprocess.run(
-            [sys.executable, "-m", "gui.app", "--connect", fake.pub_addr, "--control",
+            [sys.executable, "-m", "flow.cli", "gui", "--connect", fake.pub_addr, "--control",
              fake.ctl_addr, "--token-file", str(token), "--screenshot", str(out),
              "--exit-after", "3"],
             cwd=Path(__file__).resolve().parents[1], capture_output=True, timeout=120,

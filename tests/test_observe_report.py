@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 
-os.environ.setdefault("MPLCONFIGDIR", "/tmp/flow-mpl")
 pytest.importorskip("matplotlib")
 
 from flow.errors import FlowError  # noqa: E402

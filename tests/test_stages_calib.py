@@ -5,21 +5,18 @@ they build the flow context from a ctapipe SubarrayDescription without stages.io
 """
 
 import copy
-import os
 from functools import cache
 
 import numpy as np
 import pytest
-
-os.environ.setdefault("FLOW_DATA_DIR", "/work/shared/data")
-os.environ.setdefault("NUMBA_CACHE_DIR", "/work/main/.cache/numba")
-
-from astropy.utils import iers  # noqa: E402
+from astropy.utils import iers
 
 iers.conf.auto_download = False
 iers.conf.auto_max_age = None
 
 ctapipe_io = pytest.importorskip("ctapipe.io")
+
+from conftest import GAMMA_TEST, SST1M  # noqa: E402
 
 from stages.calib import (  # noqa: E402
     ChargeExtraction,
@@ -27,17 +24,13 @@ from stages.calib import (  # noqa: E402
     integration_correction,
 )
 
-FILES = {
-    "prod3": "gamma_test.simtel.gz",
-    "sst1m": "gamma_20deg_0deg_run102___cta-prod4-sst-1m_desert-2150m-Paranal-sst-1m.simtel.zst",
-}
+FILES = {"prod3": GAMMA_TEST, "sst1m": SST1M}
 
 
 def data_path(name: str) -> str:
-    try:
-        from stages.datasets import find_dataset
-    except ImportError:
-        return os.path.join(os.environ["FLOW_DATA_DIR"], name)
+    """The file through `stages.datasets` (downloaded into the user cache when missing)."""
+    from stages.datasets import find_dataset
+
     return str(find_dataset(name))
 
 

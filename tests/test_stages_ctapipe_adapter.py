@@ -1,11 +1,11 @@
 """The ctapipe adapter gives what ctapipe itself gives on the same simtel events."""
 
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
 from astropy.utils import iers
+from conftest import SST1M
 
 from stages.ctapipe_adapter import (
     CallableStager,
@@ -18,21 +18,19 @@ from stages.io.simtel import SimtelSource
 from stages.io.toy import ToyEventSource
 
 iers.conf.auto_download = False
-SST1M = Path("/work/shared/data/gamma_20deg_0deg_run102___cta-prod4-sst-1m_desert-2150m-Paranal-sst-1m.simtel.zst")
 N = 15
 
 
 @pytest.fixture(scope="module")
-def runs():
-    if not SST1M.is_file():
-        pytest.skip("SST-1M test file not available")
+def runs(data_file):
+    path = data_file(SST1M)
     from ctapipe.calib import CameraCalibrator
     from ctapipe.image import ImageProcessor
     from ctapipe.io import SimTelEventSource
     from ctapipe.reco import ShowerProcessor
 
     warnings.simplefilter("ignore")
-    src = SimtelSource(path=str(SST1M), max_events=N)
+    src = SimtelSource(path=str(path), max_events=N)
     ctx = src.publish_context()
     steps = [CtapipeCalibrator(context=ctx), CtapipeImageProcessor(context=ctx),
              CtapipeShowerProcessor(context=ctx)]
@@ -45,7 +43,7 @@ def runs():
             ev = s.process(ev)
         ours.append(ev)
     ref = []
-    with SimTelEventSource(SST1M, max_events=N) as source:
+    with SimTelEventSource(path, max_events=N) as source:
         calib, improc = CameraCalibrator(source.subarray), ImageProcessor(source.subarray)
         shower = ShowerProcessor(source.subarray)
         for ev in source:

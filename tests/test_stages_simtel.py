@@ -2,36 +2,31 @@
 
 import gzip
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
 from astropy.utils import iers
+from conftest import GAMMA_TEST, SST1M
 
 from flow.graph.step import Keyed
 from stages.io.simtel import SimtelReadWarning, SimtelSource
 
 iers.conf.auto_download = False
 
-DATA = Path("/work/shared/data")
-GAMMA_TEST = DATA / "gamma_test.simtel.gz"
-SST1M = DATA / "gamma_20deg_0deg_run102___cta-prod4-sst-1m_desert-2150m-Paranal-sst-1m.simtel.zst"
-FILES = [f for f in (GAMMA_TEST, SST1M) if f.is_file()]
+FILES = [GAMMA_TEST, SST1M]
 N_EVENTS = 4
-
-pytestmark = pytest.mark.skipif(not FILES, reason="real simtel files not available")
 
 
 def ctapipe_source(path, **kw):
     from ctapipe.io import SimTelEventSource
 
-    choice = "EFFECTIVE" if path == SST1M else "EQUIVALENT"  # gamma_test has no effective f
+    choice = "EFFECTIVE" if path.name == SST1M else "EQUIVALENT"  # gamma_test has no effective f
     return SimTelEventSource(path, focal_length_choice=choice, **kw)
 
 
-@pytest.fixture(scope="module", params=FILES, ids=lambda p: p.name[:12])
-def both(request):
-    path = request.param
+@pytest.fixture(scope="module", params=FILES, ids=lambda name: name[:12])
+def both(request, data_file):
+    path = data_file(request.param)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ours = SimtelSource(path=str(path), max_events=N_EVENTS)
@@ -100,8 +95,8 @@ def test_events_match_ctapipe(both):
                 np.testing.assert_array_equal(tel["true_image"], true_image)
 
 
-def test_keys_allowed_tels_and_max_events():
-    path = FILES[-1]
+def test_keys_allowed_tels_and_max_events(data_file):
+    path = data_file(FILES[-1])
     src = SimtelSource(path=str(path), max_events=3, allowed_tels=[1, 2, 3, 29, 55])
     assert sorted(src.publish_context()["subarray"]["tels"]) == [1, 2, 3, 29, 55]
     out = list(src.process())
@@ -119,11 +114,9 @@ def read_all(path, **kw):
 
 
 @pytest.fixture(scope="module")
-def raw_events():
-    """The decompressed SST-1M file (a small, plain eventio stream) and its full event list."""
-    path = GAMMA_TEST if GAMMA_TEST.is_file() else None
-    if path is None:
-        pytest.skip("gamma_test.simtel.gz not available")
+def raw_events(data_file):
+    """The decompressed prod3 file (a small, plain eventio stream) and its full event list."""
+    path = data_file(GAMMA_TEST)
     raw = gzip.open(path).read()
     events, _ = read_all(path)
     return raw, events
@@ -150,8 +143,8 @@ def test_truncated_file_ends_with_warning(tmp_path, raw_events):
     assert got_events > 0
 
 
-def test_truncated_gzip_stream(tmp_path):
-    data = GAMMA_TEST.read_bytes()
+def test_truncated_gzip_stream(tmp_path, data_file):
+    data = data_file(GAMMA_TEST).read_bytes()
     cut = tmp_path / "cut.simtel.gz"
     cut.write_bytes(data[: len(data) // 2])
     events, warned = read_all(cut)

@@ -69,3 +69,47 @@ def test_neighbors_equal_ctapipe(cam):
                           pix_x=cam["pix_x"] * u.m, pix_y=cam["pix_y"] * u.m,
                           pix_area=cam["pix_area"] * u.m**2, pix_type=cam["pix_type"])
     assert neighbor_lists(cam["neighbors_indptr"], cam["neighbors_indices"]) == geom.neighbors
+
+
+@pytest.mark.parametrize("with_waveforms", [True, False])
+def test_rendering_in_a_stager_gives_the_same_events(with_waveforms):
+    """render=false + ToyRenderer (through the codec, as in a worker) == rendering in the source."""
+    from flow.testing import run_stager
+    from stages.io.toy import ToyRenderer
+
+    params = dict(n_events=6, seed=5, camera="mixed", with_waveforms=with_waveforms)
+    whole = events(**params)
+    drawn_src = ToyEventSource(render=False, **params)
+    drawn = [k.event for k in drawn_src.process()]
+    for ev in drawn:
+        assert ev["toy_seed"] == [5, ev["event_id"] - 1]
+        assert all(set(t) == {"toy_ellipse"} for t in ev["tels"].values())
+    out = run_stager(ToyRenderer, drawn, context=drawn_src.publish_context(),
+                     with_waveforms=with_waveforms)
+    assert len(out) == len(whole)
+    for (_, _, got), ref in zip(out, whole, strict=True):
+        assert set(got) == set(ref) and got["simulation"] == ref["simulation"]
+        assert sorted(got["tels"]) == sorted(ref["tels"])
+        for tid, tel in ref["tels"].items():
+            assert set(got["tels"][tid]) == set(tel)
+            for key, value in tel.items():
+                np.testing.assert_array_equal(got["tels"][tid][key], value)
+
+
+def test_drawing_is_cheap_and_the_renderer_refuses_other_events():
+    import time
+
+    from stages.io.toy import ToyRenderer
+
+    src = ToyEventSource(n_events=200, seed=1, camera="mixed", render=False)
+    t0 = time.perf_counter()
+    drawn = [k.event for k in src.process()]
+    draw_s = time.perf_counter() - t0
+    ctx = src.publish_context()
+    renderer = ToyRenderer(context=ctx)
+    t0 = time.perf_counter()
+    for ev in drawn:
+        renderer.process(ev)
+    assert draw_s < (time.perf_counter() - t0) / 2, "drawing must stay the cheap part"
+    with pytest.raises(ValueError, match="1:1 has no toy_seed"):
+        renderer.process(events(n_events=1, seed=1, camera="mixed")[0])

@@ -2,25 +2,36 @@
 
 `ToyEventSource` draws gamma (narrow ellipses whose major axis points to the source, at the camera
 centre) and proton showers (wider, randomly oriented, off-axis) on a small array of toy telescopes
-(`stages.io.geometry`). Each event is a pure function of ``(seed, index)``
-(``np.random.default_rng((seed, index))``), so a redelivered or re-run event is identical.
+(`stages.io.geometry`). Each event is a pure function of ``(seed, index)``, so a redelivered or
+re-run event is identical.
 
-With ``with_waveforms`` a telescope event carries an R1-like ``waveform`` (1, n_pix, n_samples) in
-p.e. per sample (summing a whole waveform gives the charge), Gaussian pulses peaking at a time that
-grows along the major axis, and per-sample noise; the reference pulse shape is published in the
-context so charge extraction can apply its integration correction. Without, ``image`` and
-``peak_time`` are filled directly (fast mode).
+An event is made in two parts, each a pure function:
+
+1. `draw_event` (cheap, microseconds): the shower truth from ``default_rng((seed, index))`` and,
+   per triggered telescope, the Hillas-like ellipse of its light (``toy_ellipse``), plus the
+   event's ``toy_seed``;
+2. `render_event` (the costly part, milliseconds): per telescope, from
+   ``default_rng((seed, index, tel_id))``, the Poisson photo-electron image (``true_image``) and
+   either an R1-like ``waveform`` (1, n_pix, n_samples) in p.e. per sample (summing a whole
+   waveform gives the charge; Gaussian pulses peaking at a time that grows along the major axis,
+   per-sample noise; the reference pulse shape is in the context so charge extraction can apply
+   its integration correction) or, without waveforms, ``image`` and ``peak_time`` directly.
+
+With ``render: true`` (the default) the source does both; with ``render: false`` it yields drawn
+events and a `ToyRenderer` step renders them, so the costly part runs in scaled workers rather than
+in the one producer process. Either way the rendered events are the same.
 """
 
 from __future__ import annotations
 
+import math
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 import numpy as np
 
 from flow.graph.params import Param
-from flow.graph.step import Keyed, Producer
+from flow.graph.step import Keyed, Producer, Stager
 
 from .geometry import hex_camera, square_camera
 
@@ -103,6 +114,54 @@ def ellipse_model(shower: dict, tel: dict, rng: np.random.Generator) -> dict:
     }
 
 
+def camera_extent(tel: dict) -> tuple[float, float]:
+    """(angular radius in deg: the farthest pixel centre, fraction of that disc the pixels cover)."""
+    cam = tel["camera"]
+    radius = float(np.hypot(cam["pix_x"], cam["pix_y"]).max())
+    fill = min(1.0, float(np.sum(cam["pix_area"])) / (np.pi * radius**2))
+    return float(np.rad2deg(radius / tel["optics"]["focal_length"])), fill
+
+
+def triggers(ell: dict, extent: tuple[float, float]) -> bool:
+    """Enough light on the pixels: the telescope is read out (decided without rendering them).
+
+    The light on the pixels is the image intensity, times the part of the ellipse within the camera
+    radius along its major axis, times the pixels' fill factor.
+    """
+    radius, fill = extent
+    distance = math.hypot(ell["cog_x"], ell["cog_y"])
+    inside = 0.5 * math.erfc((distance - radius) / (math.sqrt(2.0) * ell["length"]))
+    return ell["intensity"] * inside * fill >= TRIGGER_PE
+
+
+def draw_event(seed: int, index: int, subarray: Mapping, gamma_fraction: float = 0.5,
+               obs_id: int = 1) -> dict:
+    """Event ``index`` before rendering: truth, pointing, and the ellipse of each triggered telescope.
+
+    Redraws the shower (same generator) until at least one telescope triggers.
+    """
+    rng = np.random.default_rng((seed, index))
+    is_gamma = rng.random() < gamma_fraction
+    extents = {tel_id: camera_extent(tel) for tel_id, tel in subarray["tels"].items()}
+    for _ in range(1000):
+        shower = draw_shower(rng, is_gamma)
+        tels = {}
+        for tel_id, tel in subarray["tels"].items():
+            ell = {k: float(v) for k, v in ellipse_model(shower, tel, rng).items()}
+            if triggers(ell, extents[tel_id]):
+                tels[tel_id] = {"toy_ellipse": ell}
+        if tels:
+            break
+    return {
+        "obs_id": obs_id, "event_id": index + 1,
+        "pointing": {"alt": float(np.deg2rad(POINTING_ALT_DEG)),
+                     "az": float(np.deg2rad(POINTING_AZ_DEG))},
+        "simulation": shower,
+        "tels": tels,
+        "toy_seed": [seed, index],
+    }
+
+
 def render_image(ell: dict, tel: dict, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Poisson photo-electron counts per pixel and the pulse peak time (ns) per pixel."""
     cam, focal = tel["camera"], tel["optics"]["focal_length"]
@@ -134,6 +193,39 @@ def render_waveform(charge: np.ndarray, peak_time: np.ndarray, n_samples: int,
     return wave[None]
 
 
+def render_telescope(ell: Mapping, tel: dict, rng: np.random.Generator,
+                     with_waveforms: bool = True) -> dict:
+    """The telescope event of one ellipse: true image, then waveform (or image and peak time)."""
+    counts, peak_time = render_image(ell, tel, rng)
+    tel_event = {"true_image": counts}
+    if with_waveforms:
+        tel_event["waveform"] = render_waveform(counts, peak_time, tel["n_samples"], rng)
+        tel_event["selected_gain_channel"] = np.zeros(len(counts), dtype=np.int8)
+    else:
+        noise = rng.normal(0, 1.0, len(counts))
+        tel_event["image"] = (counts + noise).astype(np.float32)
+        tel_event["peak_time"] = peak_time.astype(np.float32)
+    return tel_event
+
+
+def render_event(event: Mapping, subarray: Mapping, with_waveforms: bool = True) -> dict:
+    """A drawn event (`draw_event`) with its cameras rendered; ``toy_*`` fields are consumed.
+
+    Telescope ``t`` of event ``(seed, index)`` uses ``default_rng((seed, index, t))``, so the
+    result depends on the drawn event only, not on which worker renders it or when.
+    """
+    if "toy_seed" not in event:
+        raise ValueError(f"event {event.get('obs_id')}:{event.get('event_id')} has no toy_seed: "
+                         "ToyRenderer renders events of ToyEventSource(render=false)")
+    seed, index = (int(v) for v in event["toy_seed"])
+    tels = {}
+    for tel_id, data in event["tels"].items():
+        rng = np.random.default_rng((seed, index, int(tel_id)))
+        tels[tel_id] = render_telescope(data["toy_ellipse"], subarray["tels"][tel_id], rng,
+                                        with_waveforms)
+    return {**{k: v for k, v in event.items() if k not in ("tels", "toy_seed")}, "tels": tels}
+
+
 class ToyEventSource(Producer):
     """Unlimited synthetic gamma/proton events on a toy array (deterministic per seed and index)."""
 
@@ -146,6 +238,7 @@ class ToyEventSource(Producer):
     n_samples = Param(int, 40, "samples per waveform (1 GHz)")
     rate_hz = Param(float, 0.0, "events per second (0 = as fast as possible)")
     obs_id = Param(int, 1, "observation id of the generated run")
+    render = Param(bool, True, "render images here; false: yield drawn showers for a ToyRenderer")
 
     def setup(self) -> None:
         self._subarray = toy_subarray(self.n_tels, self.camera, self.n_samples)
@@ -171,38 +264,15 @@ class ToyEventSource(Producer):
             index += 1
 
     def make_event(self, index: int) -> dict:
-        """Event ``index`` of this run: the same value every time it is asked for."""
-        rng = np.random.default_rng((self.seed, index))
-        is_gamma = rng.random() < self.gamma_fraction
-        for _ in range(1000):  # redraw until at least one telescope triggers (cheap: see below)
-            shower = draw_shower(rng, is_gamma)
-            tels = self._telescope_events(shower, rng)
-            if tels:
-                break
-        return {
-            "obs_id": self.obs_id, "event_id": index + 1,
-            "pointing": {"alt": float(np.deg2rad(POINTING_ALT_DEG)),
-                         "az": float(np.deg2rad(POINTING_AZ_DEG))},
-            "simulation": shower,
-            "tels": tels,
-        }
+        """Event ``index`` of this run (rendered unless ``render`` is false), the same every time."""
+        event = draw_event(self.seed, index, self._subarray, self.gamma_fraction, self.obs_id)
+        return render_event(event, self._subarray, self.with_waveforms) if self.render else event
 
-    def _telescope_events(self, shower: dict, rng: np.random.Generator) -> dict:
-        out = {}
-        for tel_id, tel in self._subarray["tels"].items():
-            ell = ellipse_model(shower, tel, rng)
-            if ell["intensity"] < TRIGGER_PE / 4:  # cannot trigger: skip rendering it
-                continue
-            counts, peak_time = render_image(ell, tel, rng)
-            if counts.sum() < TRIGGER_PE:
-                continue
-            tel_event = {"true_image": counts}
-            if self.with_waveforms:
-                tel_event["waveform"] = render_waveform(counts, peak_time, tel["n_samples"], rng)
-                tel_event["selected_gain_channel"] = np.zeros(len(counts), dtype=np.int8)
-            else:
-                noise = rng.normal(0, 1.0, len(counts))
-                tel_event["image"] = (counts + noise).astype(np.float32)
-                tel_event["peak_time"] = peak_time.astype(np.float32)
-            out[tel_id] = tel_event
-        return out
+
+class ToyRenderer(Stager):
+    """Renders the drawn events of ``ToyEventSource(render=false)``: images and waveforms."""
+
+    with_waveforms = Param(bool, True, "emit R1 waveforms; false fills image/peak_time directly")
+
+    def process(self, event: dict) -> dict:
+        return render_event(event, self.context["subarray"], self.with_waveforms)
