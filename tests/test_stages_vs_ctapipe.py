@@ -26,7 +26,6 @@ in tests/test_stages_image.py.
 from __future__ import annotations
 
 import math
-import os
 import subprocess
 import sys
 import warnings
