@@ -233,3 +233,16 @@ def test_camera_matches_ctapipe_process(processed, cam):
     stats = result["stats"]
     assert stats.get("images", 0) > 0, f"{cam}: no image compared"
     assert not result["problems"], "\n".join(result["problems"][:30])
+
+
+def test_cameras_are_all_listed():
+    """Every sim_telarray file of the downloader, and every camera type in it, is compared."""
+    from ctapipe.io import SimTelEventSource
+
+    assert set(CAMERAS) == set(datasets.SIMTEL_FILES)
+    for name, cameras in CAMERAS.items():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            source = SimTelEventSource(datasets.find_dataset(name), max_events=1,
+                                       focal_length_choice="EQUIVALENT")
+        assert sorted({str(tel) for tel in source.subarray.tel.values()}) == sorted(cameras), name
