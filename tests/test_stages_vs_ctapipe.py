@@ -224,6 +224,7 @@ def case_id(name: str, cam: str) -> str:
     return f"{short}-{cam}"
 
 
+@pytest.mark.timeout(900)  # the first case of a file pays ctapipe-process and numba compiles
 @pytest.mark.parametrize("processed,cam", CASES, indirect=["processed"],
                          ids=[case_id(n, c) for n, c in CASES])
 def test_camera_matches_ctapipe_process(processed, cam):
