@@ -12,9 +12,12 @@ never modified; they may be read-only views of received frames). Waveforms are
   selection, exactly as ctapipe's SimTelEventSource produces ``event.r1`` waveforms.
 - `extract_charge`: LocalPeakWindowSum / NeighborPeakWindowSum (ctapipe defaults: width 7, shift 3,
   local weight 0 for neighbours) with the integration correction from the reference pulse.
+- `single_sample_image`: a one-sample waveform (ADC sums) is the image, peak_time 0 (ctapipe).
 - `interpolate_invalid`: ctapipe's NeighborAverage invalid-pixel handler.
 
-`ChargeExtraction` is the step: event ``tels[tid]["waveform"]`` -> ``image``, ``peak_time``.
+`ChargeExtraction` is the step: event ``tels[tid]["waveform"]`` -> ``image``, ``peak_time``. The
+telescope's calibration (time shift, outlier mask) is ``context["calibration"][tid]``, or the
+event's own ``tels[tid]["calibration"]`` when a source found it after publishing the context.
 """
 
 from __future__ import annotations
@@ -141,6 +144,16 @@ def extract_charge(waveforms, selected_gain_channel, sampling_rate_ghz, correcti
                                float(sampling_rate_ghz), pix_correction)
 
 
+def single_sample_image(waveforms):
+    """(image, zero peak_time) of a one-sample waveform: the sample is the charge (ctapipe).
+
+    ctapipe's CameraCalibrator takes a single sample (sim_telarray ADC sums, as ASTRICam writes)
+    as the image itself: no window, no integration correction, no time shift, peak_time 0.
+    """
+    wf = waveforms[0] if waveforms.ndim == 3 else waveforms
+    return wf[:, 0].astype(np.float32), np.zeros(wf.shape[0], dtype=np.float32)
+
+
 def interpolate_invalid(image, peak_time, invalid, indptr, indices):
     """Replace invalid pixels by the mean of their valid neighbours (0 if none): NeighborAverage."""
     if not invalid.any():
@@ -198,7 +211,7 @@ class ChargeExtraction(Stager):
     def calibrate_tel(self, tel_id: int, data: dict) -> None:
         """Fill ``image``/``peak_time`` of one telescope event from its ``waveform``."""
         tel = self.context["subarray"]["tels"][tel_id]
-        calib = self.context.get("calibration", {}).get(tel_id, {})
+        calib = data.pop("calibration", None) or self.context.get("calibration", {}).get(tel_id, {})
         camera = tel["camera"]
         waveform = np.asarray(data["waveform"])
         selected = data.get("selected_gain_channel")
@@ -211,12 +224,16 @@ class ChargeExtraction(Stager):
                              "selected_gain_channel; gain selection needs R0 counts")
         outliers = calib.get("outlier_mask")
         invalid = None if outliers is None else _per_pixel(outliers, selected).astype(bool)
-        image, peak_time = extract_charge(
-            waveform, selected, tel["sampling_rate_ghz"], self._correction(tel_id, tel),
-            self.extractor, self.window_width, self.window_shift,
-            camera["neighbors_indptr"], camera["neighbors_indices"], self.local_weight, invalid)
-        if self.apply_time_shift and calib.get("time_shift_ns") is not None:
-            peak_time -= _per_pixel(calib["time_shift_ns"], selected).astype(np.float32)
+        if waveform.shape[-1] == 1:  # one sample (ADC sums, e.g. ASTRICam): no extraction
+            image, peak_time = single_sample_image(waveform)
+        else:
+            image, peak_time = extract_charge(
+                waveform, selected, tel["sampling_rate_ghz"], self._correction(tel_id, tel),
+                self.extractor, self.window_width, self.window_shift,
+                camera["neighbors_indptr"], camera["neighbors_indices"], self.local_weight,
+                invalid)
+            if self.apply_time_shift and calib.get("time_shift_ns") is not None:
+                peak_time -= _per_pixel(calib["time_shift_ns"], selected).astype(np.float32)
         if invalid is not None:
             image, peak_time = interpolate_invalid(image, peak_time, invalid,
                                                    camera["neighbors_indptr"],

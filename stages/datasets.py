@@ -6,6 +6,8 @@
 2. the user cache ``$XDG_CACHE_HOME/flow-iact/data`` (default ``~/.cache/flow-iact/data``),
 3. and else fills the cache from the eventio 0.11.0 source distribution (its ``eventio/resources``
    holds small sim_telarray files), fetched with ``pip download`` through the ordinary package index.
+   A file of that sdist (`SIMTEL_FILES`...) missing from a partial ``$FLOW_DATA_DIR`` is fetched
+   into the cache the same way; any other missing name is an error.
 
 A config may write ``path: dataset:gamma_test.simtel.gz``; sources resolve it with `resolve_path`.
 Raises `flow.errors.DataError` saying what to set when nothing works.
@@ -25,6 +27,14 @@ from flow.errors import DataError
 EVENTIO_SDIST = "eventio==0.11.0"
 RESOURCES = "/eventio/resources/"
 PREFIX = "dataset:"
+# the sim_telarray files of the eventio 0.11.0 resources (cameras: see tests/test_stages_vs_ctapipe)
+SIMTEL_FILES = (
+    "gamma_test.simtel.gz",
+    "gamma_test_large_truncated.simtel.gz",
+    "gamma_20deg_0deg_run102___cta-prod4-sst-1m_desert-2150m-Paranal-sst-1m.simtel.gz",
+    "gamma_20deg_0deg_run102___cta-prod4-sst-1m_desert-2150m-Paranal-sst-1m.simtel.zst",
+    "gamma_20deg_0deg_run103___cta-prod4-sst-astri_desert-2150m-Paranal-sst-astri.simtel.gz",
+)
 
 
 def cache_dir() -> Path:
@@ -57,7 +67,7 @@ def find_dataset(name: str) -> Path:
         searched.append(str(directory))
         if (directory / name).is_file():
             return directory / name
-    if not env:
+    if not env or name in SIMTEL_FILES:
         try:
             download_resources(cache_dir())
         except DataError as exc:

@@ -29,6 +29,20 @@ CONCENTRATION_FIELDS = ("concentration_cog", "concentration_core", "concentratio
 EPS = np.finfo(np.float64).eps
 
 
+def choose_focal_length(optics: dict, choice: str = "effective") -> float:
+    """The focal length (m) for camera -> telescope frame, as ctapipe's ``focal_length_choice``.
+
+    ``"effective"`` (ctapipe 0.28's default) takes the effective focal length where the file has
+    one (prod5 and later; the SST-1M and ASTRI prod4 files) and else the equivalent one, which is
+    what ctapipe-process then needs ``focal_length_choice=EQUIVALENT`` for; ``"equivalent"``
+    always takes the equivalent (nominal) focal length.
+    """
+    effective = float(optics.get("effective_focal_length", np.nan))
+    if choice == "effective" and np.isfinite(effective):
+        return effective
+    return float(optics["equivalent_focal_length"])
+
+
 def telescope_frame(pix_x, pix_y, pix_area, focal_length, cam_rotation_deg=0.0):
     """(fov_lon deg, fov_lat deg, area deg²) of camera-frame pixels (m) for focal length (m)."""
     x, y = np.asarray(pix_x, np.float64), np.asarray(pix_y, np.float64)

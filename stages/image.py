@@ -32,6 +32,7 @@ from .hillas import (
     FOV_LON,
     HILLAS_FIELDS,
     PSI,
+    choose_focal_length,
     concentration_kernel,
     hillas_kernel,
     pixel_width,
@@ -142,12 +143,69 @@ def morphology_kernel(mask, indptr, indices):
 
 
 @njit(cache=True)
+def _block_sum(values, start, n):
+    """numpy's pairwise_sum for n <= 128: eight running sums (one plain loop below 8)."""
+    acc = np.zeros(8, dtype=values.dtype)
+    if n < 8:
+        for i in range(start, start + n):
+            acc[0] += values[i]
+        return acc[0]
+    acc[:] = values[start:start + 8]
+    i = 8
+    while i < n - n % 8:
+        for j in range(8):
+            acc[j] += values[start + i + j]
+        i += 8
+    total = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]))
+    for k in range(i, n):
+        total += values[start + k]
+    return total
+
+
+@njit(cache=True)
+def pairwise_sum(values):
+    """numpy's pairwise summation (``values.sum()``, same rounding) in the values' own dtype.
+
+    numpy halves blocks above 128 (at a multiple of 8) and adds the halves; here with an
+    explicit stack (a cached numba function cannot call itself).
+    """
+    frames = np.empty((64, 3), dtype=np.int64)  # (start, n, halves done)
+    sums = np.zeros(64, dtype=values.dtype)
+    frames[0, 0], frames[0, 1], frames[0, 2] = 0, len(values), 0
+    top, n_sums = 1, 0
+    while top:
+        top -= 1
+        start, n, done = frames[top]
+        if n <= 128:
+            sums[n_sums] = _block_sum(values, start, n)
+            n_sums += 1
+        elif done:
+            n_sums -= 1
+            sums[n_sums - 1] += sums[n_sums]
+        else:
+            half = n // 2 - (n // 2) % 8
+            frames[top, 2] = 1
+            frames[top + 1, 0], frames[top + 1, 1], frames[top + 1, 2] = start + half, n - half, 0
+            frames[top + 2, 0], frames[top + 2, 1], frames[top + 2, 2] = start, half, 0
+            top += 3
+    return sums[0]
+
+
+@njit(cache=True)
 def describe(values):
-    """max, min, mean, std, skewness, kurtosis (Fisher) as ctapipe's descriptive_statistics."""
-    mean = values.mean()
-    std = np.sqrt(((values - mean) ** 2).mean())
-    z = (values - mean) / std
-    return np.array([values.max(), values.min(), mean, std, (z**3).mean(), (z**4).mean() - 3.0])
+    """max, min, mean, std, skewness, kurtosis (Fisher) as ctapipe's descriptive_statistics.
+
+    Bit for bit: ctapipe gets the image's own dtype (float32), numpy's ``mean``/``std`` (pairwise
+    sums, reproduced by `pairwise_sum`), then its numba skewness and kurtosis in float64.
+    Peak times of ~100 ns with ~1 ns spread keep only ~5 digits that way; ctapipe's are the
+    reference, so these are computed the same way.
+    """
+    n = len(values)
+    mean = pairwise_sum(values) / values.dtype.type(n)
+    deviation = values - mean
+    std = np.sqrt(pairwise_sum(deviation * deviation) / values.dtype.type(n))
+    z = (values - np.float64(mean)) / np.float64(std)  # ctapipe's numba moments are float64
+    return np.array([values.max(), values.min(), mean, std, np.mean(z**3), np.mean(z**4) - 3.0])
 
 
 @njit(cache=True)
@@ -165,13 +223,13 @@ def image_kernel(image, peak_time, has_time, mask, x, y, area, width, indptr, in
     out[LEAKAGE_AT:LEAKAGE_AT + 4] = leakage_kernel(image, mask, border1, border2)
     out[CONCENTRATION_AT:CONCENTRATION_AT + 3] = concentration_kernel(xs, ys, w, width[sel], hillas)
     out[MORPHOLOGY_AT:MORPHOLOGY_AT + 5] = morphology_kernel(mask, indptr, indices)
-    out[INTENSITY_AT:INTENSITY_AT + 6] = describe(w)
+    out[INTENSITY_AT:INTENSITY_AT + 6] = describe(image[sel])
     if has_time:
         times = peak_time[sel].astype(np.float64)
         psi = np.deg2rad(hillas[PSI])
         longi = (xs - hillas[FOV_LON]) * np.cos(psi) + (ys - hillas[FOV_LAT]) * np.sin(psi)
         out[TIMING_AT:TIMING_AT + 3] = lts_timing(longi, times, draws)
-        out[PEAK_TIME_AT:PEAK_TIME_AT + 6] = describe(times)
+        out[PEAK_TIME_AT:PEAK_TIME_AT + 6] = describe(peak_time[sel])
     return True, out
 
 
@@ -215,8 +273,9 @@ def _warm_up() -> None:
 class ImageParameters(Stager):
     """``image``, ``peak_time``, ``mask`` -> ``params`` (flat, ctapipe DL1 column names)."""
 
-    focal_length_choice = Param(str, "equivalent", "focal length for the telescope frame",
-                                choices=("equivalent", "effective"))
+    focal_length_choice = Param(str, "effective", "focal length for the telescope frame "
+                                "(effective where the file has one, as ctapipe)",
+                                choices=("effective", "equivalent"))
 
     def setup(self) -> None:
         self._geometries: dict = {}
@@ -225,7 +284,7 @@ class ImageParameters(Stager):
     def geometry(self, tel_id: int) -> CameraFrameGeometry:
         if tel_id not in self._geometries:
             tel = self.context["subarray"]["tels"][tel_id]
-            focal = tel["optics"][f"{self.focal_length_choice}_focal_length"]
+            focal = choose_focal_length(tel["optics"], self.focal_length_choice)
             self._geometries[tel_id] = CameraFrameGeometry.from_camera(tel["camera"], focal)
         return self._geometries[tel_id]
 

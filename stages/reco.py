@@ -21,6 +21,7 @@ import numpy as np
 from flow.graph.params import Param
 from flow.graph.step import Stager
 
+from .hillas import choose_focal_length
 from .quality import passes_stereo_quality
 
 INVALID = {"alt": np.nan, "az": np.nan, "alt_uncert": np.nan, "az_uncert": np.nan,
@@ -134,8 +135,9 @@ def camera_radius_deg(camera: dict, focal_length: float) -> float:
 class HillasReconstruction(Stager):
     """Telescope ``params`` + pointing -> ``event["dl2"]`` geometry (ctapipe HillasReconstructor)."""
 
-    focal_length_choice = Param(str, "equivalent", "focal length used for the camera radius",
-                                choices=("equivalent", "effective"))
+    focal_length_choice = Param(str, "effective", "focal length used for the camera radius "
+                                "(effective where the file has one, as ctapipe)",
+                                choices=("effective", "equivalent"))
 
     def setup(self) -> None:
         self._radius: dict = {}
@@ -143,7 +145,7 @@ class HillasReconstruction(Stager):
     def radius(self, tel_id: int) -> float:
         if tel_id not in self._radius:
             tel = self.context["subarray"]["tels"][tel_id]
-            focal = tel["optics"][f"{self.focal_length_choice}_focal_length"]
+            focal = choose_focal_length(tel["optics"], self.focal_length_choice)
             self._radius[tel_id] = camera_radius_deg(tel["camera"], focal)
         return self._radius[tel_id]
 

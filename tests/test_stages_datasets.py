@@ -86,3 +86,27 @@ def test_real_download(tmp_path, monkeypatch):
     path = datasets.find_dataset("gamma_test.simtel.gz")
     assert path.stat().st_size > 1_000_000
     assert path.read_bytes()[:2] == b"\x1f\x8b"
+
+
+def test_sdist_file_missing_from_flow_data_dir_is_fetched_into_the_cache(tmp_path, monkeypatch):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    monkeypatch.setenv("FLOW_DATA_DIR", str(shared))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    name = datasets.SIMTEL_FILES[-1]
+    fetched = []
+
+    def fake_download(target):
+        target.mkdir(parents=True, exist_ok=True)
+        (target / name).write_bytes(b"simtel")
+        fetched.append(target)
+        return [target / name]
+
+    monkeypatch.setattr(datasets, "download_resources", fake_download)
+    assert datasets.find_dataset(name) == datasets.cache_dir() / name
+    assert fetched == [datasets.cache_dir()]
+    assert datasets.find_dataset(name) == datasets.cache_dir() / name  # now from the cache
+    assert len(fetched) == 1
+    with pytest.raises(DataError, match="FLOW_DATA_DIR"):  # not an sdist file: no download
+        datasets.find_dataset("other.simtel.gz")
+    assert len(fetched) == 1

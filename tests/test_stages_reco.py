@@ -87,7 +87,8 @@ def check_against_ctapipe(ours: dict, event, stats: dict):
 
 def test_same_inputs_match_hillas_reconstructor(processed):
     subarray, events = processed
-    step = HillasReconstruction(context=context_from_subarray(subarray))
+    step = HillasReconstruction(context=context_from_subarray(subarray),
+                                focal_length_choice="equivalent")
     step.setup()
     stats = {}
     for event in events:
@@ -102,8 +103,11 @@ def test_same_inputs_match_hillas_reconstructor(processed):
 def test_full_chain_matches_image_and_shower_processor(processed):
     subarray, events = processed
     context = context_from_subarray(subarray)
-    steps = [TailcutsCleaning(context=context), ImageParameters(context=context),
-             QualityCuts(context=context), HillasReconstruction(context=context)]
+    # the reference reads with focal_length_choice=EQUIVALENT (read_events)
+    steps = [TailcutsCleaning(context=context),
+             ImageParameters(context=context, focal_length_choice="equivalent"),
+             QualityCuts(context=context),
+             HillasReconstruction(context=context, focal_length_choice="equivalent")]
     for step in steps:
         step.setup()
     stats = {}

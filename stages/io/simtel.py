@@ -207,6 +207,19 @@ def read_calibration(f, subarray: dict) -> dict:
     return out
 
 
+def event_calibration(array_event: dict, tel_id: int, shape, disabled) -> dict:
+    """Time shift and disabled pixels (``HV_disabled`` ids) of a telescope the context lacks.
+
+    sim_telarray may write a telescope's laser calibration after the first event (gamma_test holds
+    such telescopes); ctapipe then takes it from the event, and so does ChargeExtraction.
+    """
+    outliers = np.zeros(shape, dtype=bool)
+    outliers[:, disabled] = True
+    return {"time_shift_ns": np.asarray(array_event["laser_calibrations"][tel_id]["tm_calib"],
+                                        dtype=np.float64),
+            "outlier_mask": outliers}
+
+
 class SimtelSource(Producer):
     """Events of a sim_telarray file, R1-calibrated like ctapipe's SimTelEventSource."""
 
@@ -250,7 +263,10 @@ class SimtelSource(Producer):
                      "true_images": self._has_true_image(f),
                      "n_tels_original": len(f.header["tel_id"]),
                      "tel_index": {int(t): i for i, t in enumerate(f.header["tel_id"])},
-                     "tel_ids": set(subarray["tels"])}
+                     "tel_ids": set(subarray["tels"]),
+                     "calibrated": set(self.publish_context()["calibration"]),
+                     "disabled": {int(t): d["disabled_pixels"]["HV_disabled"]
+                                  for t, d in f.telescope_descriptions.items()}}
         stop = threading.Event()
         buffer: queue.Queue = queue.Queue(maxsize=4)
         reader = threading.Thread(target=self._read, args=(f, buffer, stop), daemon=True,
@@ -353,6 +369,9 @@ class SimtelSource(Producer):
             waveform, selected = r1_waveform(r0, pedestal, factor, gain_selection=is_physics)
             n_bytes += waveform.nbytes
             tel = {"waveform": waveform}
+            if tel_id not in run["calibrated"]:
+                tel["calibration"] = event_calibration(array_event, tel_id, r0.shape[:2],
+                                                      run["disabled"][tel_id])
             if selected is not None:
                 tel["selected_gain_channel"] = selected
             true_image = ((array_event.get("photoelectrons") or {}).get(tel_id - 1) or {}).get(
