@@ -301,8 +301,9 @@ def test_flow_run_reads_ctapipe_dl1_through_hdf5_event_source(tmp_path):
     assert n_parametrised > 5
 
 
-@pytest.mark.xfail(strict=True, reason="flow's DL1 writer does not write ctapipe's data model "
-                                       "(configuration/instrument) yet: HDF5EventSource refuses it")
+@pytest.mark.xfail(strict=True, reason="flow's DL1 writer does not write ctapipe's data model yet "
+                                       "(instrument description; /simulation/event/telescope/"
+                                       "parameters that HDF5EventSource reads for simulations)")
 def test_hdf5_event_source_reads_flow_dl1(tmp_path):
     from ctapipe.io import HDF5EventSource
 
