@@ -275,7 +275,8 @@ def run_ctapipe_process(simtel: Path, output: Path, n_events: int) -> None:
     tool = os.path.join(os.path.dirname(sys.executable), "ctapipe-process")
     done = subprocess.run([tool, f"--input={simtel}", f"--output={output}", "--write-images",
                            "--write-parameters", f"--max-events={n_events}", "--overwrite",
-                           "--quiet"], capture_output=True, text=True, timeout=600)
+                           "--quiet"], capture_output=True, text=True, timeout=600,
+                          cwd=output.parent)  # its provenance log goes there too
     assert done.returncode == 0, done.stderr[-2000:]
 
 
