@@ -220,3 +220,18 @@ def test_lts_timing_matches_ctapipe_regression():
         else:
             np.testing.assert_allclose(ours, ref, rtol=1e-6, atol=1e-9)
     assert n_finite >= 1
+
+
+def test_describe_is_ctapipes_descriptive_statistics_bit_for_bit():
+    from ctapipe.image.statistics import descriptive_statistics
+
+    from stages.image import describe, pairwise_sum
+
+    rng = np.random.default_rng(2)
+    for n in (*range(2, 140), 255, 256, 257, 1000, 1855, 11328):
+        for dtype in (np.float32, np.float64):
+            values = rng.normal(100.0, 1.0, n).astype(dtype)
+            assert pairwise_sum(values) == values.sum()
+            ref = descriptive_statistics(values)
+            expected = [ref.max, ref.min, ref.mean, ref.std, ref.skewness, ref.kurtosis]
+            np.testing.assert_array_equal(describe(values), np.array(expected, np.float64))

@@ -26,6 +26,7 @@ in tests/test_stages_image.py.
 from __future__ import annotations
 
 import math
+import os
 import subprocess
 import sys
 import warnings
@@ -107,7 +108,8 @@ def run_ctapipe_process(path, output) -> None:
            "--write-showers", f"--max-events={MAX_EVENTS}", "--overwrite", "--quiet"]
     if not has_effective_focal_length(path):
         cmd.append("--SimTelEventSource.focal_length_choice=EQUIVALENT")
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
+                          cwd=os.path.dirname(output))  # its provenance log goes there too
     assert proc.returncode == 0, proc.stderr[-2000:]
 
 
