@@ -114,6 +114,8 @@ class DL1Source(Producer):
                     tel["image"], tel["peak_time"] = row["image"].copy(), row["peak_time"].copy()
                     tel["mask"] = row["image_mask"].copy()
             for tel_id, table in self._tel_tables(h5, TRUE_IMAGES_PATH).items():
+                if "true_image" not in table.colnames:  # ctapipe's layout: only true_image_sum
+                    continue
                 for row in table.read():
                     tel = event_of(int(row["obs_id"]), int(row["event_id"]))["tels"][tel_id]
                     tel["true_image"] = row["true_image"].copy()

@@ -23,6 +23,7 @@ from flow.graph.params import Param
 from flow.graph.step import Keyed, Producer
 
 from .geometry import hex_camera, square_camera
+from .toy_simconfig import simulation_context
 
 GAMMA, PROTON = 0, 101
 POINTING_ALT_DEG, POINTING_AZ_DEG = 70.0, 0.0
@@ -52,7 +53,8 @@ def toy_subarray(n_tels: int, camera: str, n_samples: int) -> dict:
         tels[i + 1] = {
             "position": np.array([x, y, 0.0]),
             "optics": {"name": f"Toy{kind.title()}Optics", "focal_length": focal,
-                       "equivalent_focal_length": focal, "effective_focal_length": focal},
+                       "equivalent_focal_length": focal, "effective_focal_length": focal,
+                       "mirror_area": 100.0 if kind == "hex" else 8.0},
             "camera": cams[kind],
             "n_gains": 1,
             "n_samples": n_samples,
@@ -152,7 +154,10 @@ class ToyEventSource(Producer):
 
     def publish_context(self) -> dict:
         return {"subarray": toy_subarray(self.n_tels, self.camera, self.n_samples),
-                "provenance": {"input_files": [], "generator": f"ToyEventSource seed={self.seed}"}}
+                "provenance": {"input_files": [], "generator": f"ToyEventSource seed={self.seed}"},
+                "simulation": simulation_context(self.obs_id, np.deg2rad(POINTING_ALT_DEG),
+                                                 np.deg2rad(POINTING_AZ_DEG),
+                                                 self.gamma_fraction < 1, 2000.0)}
 
     def total(self) -> int | None:
         return self.n_events or None
@@ -174,11 +179,12 @@ class ToyEventSource(Producer):
         """Event ``index`` of this run: the same value every time it is asked for."""
         rng = np.random.default_rng((self.seed, index))
         is_gamma = rng.random() < self.gamma_fraction
-        for _ in range(1000):  # redraw until at least one telescope triggers (cheap: see below)
+        for attempt in range(1000):  # redraw until at least one telescope triggers (cheap: see below)
             shower = draw_shower(rng, is_gamma)
             tels = self._telescope_events(shower, rng)
             if tels:
                 break
+        shower["n_thrown"] = attempt + 1  # showers drawn for this event (stages.io.toy_simconfig)
         return {
             "obs_id": self.obs_id, "event_id": index + 1,
             "pointing": {"alt": float(np.deg2rad(POINTING_ALT_DEG)),
