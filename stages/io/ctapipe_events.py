@@ -20,7 +20,7 @@ SHOWER = "simulation/event/subarray/shower"
 PARAMS = "dl1/event/telescope/parameters/tel_NNN"
 GEOMETRY = "dl2/event/subarray/geometry/{algo}"
 ENERGY = "dl2/event/subarray/energy/{algo}"
-CLASSIFICATION = "dl2/event/subarray/classification/{algo}"
+CLASSIFICATION = "dl2/event/subarray/particle_type/{algo}"
 # event["simulation"] key -> (ctapipe column, factor to ctapipe's unit)
 SIM_FIELDS = {
     "energy": ("true_energy", 1.0), "alt": ("true_alt", np.rad2deg(1.0)),
@@ -43,8 +43,11 @@ def ids(event: dict, tel_id: int | None = None) -> dict:
     return out
 
 
-def shower_row(event: dict) -> np.ndarray:
-    sim = event["simulation"]
+def shower_row(event: dict, trigger: dict | None = None) -> np.ndarray:
+    """The true shower; ``starting_grammage`` from the input file's trigger record when there."""
+    sim = dict(event["simulation"])
+    if trigger and "starting_grammage" in trigger and "starting_grammage" not in sim:
+        sim["starting_grammage"] = trigger["starting_grammage"]
     values = {col: sim[key] * factor for key, (col, factor) in SIM_FIELDS.items() if key in sim}
     return fill(rows(SHOWER, 1), dict(ids(event), **values))
 
@@ -86,21 +89,26 @@ def true_image_row(event: dict, tel_id: int, tel: dict) -> np.ndarray:
 
 
 def impact_rows(event: dict, subarray: dict, kind: str, column: str, core_x, core_y, alt_rad,
-                az_rad, algo: str = "") -> list[tuple[int, np.ndarray]]:
-    """(tel_id, row) of the distance of each telescope with data to a shower axis (true or fitted)."""
+                az_rad, algo: str = "", uncert=None) -> list[tuple[int, np.ndarray]]:
+    """(tel_id, row) of the distance of each telescope with data to a shower axis (true or fitted).
+
+    ``uncert``: the uncertainty column's value (ctapipe: 0 for the true impact, NaN for fits).
+    """
     tel_ids = sorted(int(t) for t in (event.get("tels") or {}))
     if not tel_ids:
         return []
     positions = np.array([subarray["tels"][t]["position"] for t in tel_ids])
     dist = axis_distances(positions, core_x, core_y, alt_rad, az_rad)
-    return [(t, fill(rows(kind, 1, algo), dict(ids(event, t), **{column: d})))
+    return [(t, fill(rows(kind, 1, algo), dict(ids(event, t), **{column: d,
+                                                                 f"{column}_uncert": uncert})))
             for t, d in zip(tel_ids, dist, strict=True)]
 
 
 def geometry_row(event: dict, algo: str, subarray_ids: list[int]) -> np.ndarray:
     dl2 = event["dl2"]
     values = {f"{algo}_{k}": dl2[k] for k in GEOMETRY_FIELDS if k in dl2}
-    values[f"{algo}_telescopes"] = tel_mask(dl2.get("telescopes", []), subarray_ids)
+    used = dl2.get("telescopes", []) if dl2.get("is_valid") else []  # ctapipe: none if invalid
+    values[f"{algo}_telescopes"] = tel_mask(used, subarray_ids)
     return fill(rows(GEOMETRY, 1, algo, {f"{algo}_telescopes": (len(subarray_ids),)}),
                 dict(ids(event), **values))
 

@@ -25,12 +25,12 @@ DATA_MODEL_VERSION = "v7.1.0"
 CTAPIPE_VERSION = "0.28.0"  # the version whose data model the tables follow
 EVENT_TYPE_SUBARRAY = 32  # ctapipe.containers.EventType.SUBARRAY
 # ctapipe.instrument.guess.TELESCOPE_NAMES, by optics name: (size type, n_mirrors, reflector shape)
+_SC, _DC, _H, _P = "SCHWARZSCHILD_COUDER", "DAVIES_COTTON", "HYBRID", "PARABOLIC"
 KNOWN_OPTICS = {
-    "GCT": ("SST", 2, "Schwarzschild-Couder"), "ASTRI": ("SST", 2, "Schwarzschild-Couder"),
-    "1M": ("SST", 1, "Davies-Cotton"), "MST": ("MST", 1, "Hybrid"), "LST": ("LST", 1, "Parabolic"),
-    "SCT": ("MST", 1, "Schwarzschild-Couder"), "MAGIC-1": ("LST", 1, "Parabolic"),
-    "MAGIC-2": ("LST", 1, "Parabolic"), "HESS-I": ("MST", 1, "Davies-Cotton"),
-    "HESS-II": ("LST", 1, "Parabolic"), "FACT": ("SST", 1, "Hybrid"),
+    "GCT": ("SST", 2, _SC), "ASTRI": ("SST", 2, _SC), "1M": ("SST", 1, _DC), "MST": ("MST", 1, _H),
+    "LST": ("LST", 1, _P), "SCT": ("MST", 1, _SC), "MAGIC-1": ("LST", 1, _P),
+    "MAGIC-2": ("LST", 1, _P), "HESS-I": ("MST", 1, _DC), "HESS-II": ("LST", 1, _P),
+    "FACT": ("SST", 1, _H),
 }
 
 

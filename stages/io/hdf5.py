@@ -19,7 +19,7 @@ writes for the same events, with the same paths, columns, dtypes, units and colu
     /dl2/event/subarray/geometry/<algo>       <algo>_alt, <algo>_az (deg), core, h_max, telescopes
     /dl2/event/telescope/impact/<algo>/tel_NNN  <algo>_tel_impact_distance (m)
     /dl2/event/subarray/energy/<algo>         <algo>_energy (TeV), <algo>_is_valid, ...
-    /dl2/event/subarray/classification/<algo> <algo>_prediction, <algo>_is_valid, ...
+    /dl2/event/subarray/particle_type/<algo> <algo>_prediction, <algo>_is_valid, ...
     /  (attributes)                           CTA PRODUCT / ACTIVITY / INSTRUMENT ... metadata
 
 flow's own extras stay under ``/configuration/flow``: ``context`` (the producers' subarray, read back
@@ -201,12 +201,13 @@ class HDF5Writer(Consumer):
         sim = event.get("simulation")
         if sim:
             self._n_thrown += int(sim.get(self._simulation.get("thrown_key") or "", 1) or 1)
-            self.buffer(SHOWER_PATH, rowsof.SHOWER).add(rowsof.shower_row(event))
+            self.buffer(SHOWER_PATH, rowsof.SHOWER).add(rowsof.shower_row(event, trigger))
             if "core_x" in sim and self._subarray:
                 kind = "simulation/event/telescope/impact/tel_NNN"
                 for tel_id, row in rowsof.impact_rows(event, self._subarray, kind,
                                                       "true_impact_distance", sim["core_x"],
-                                                      sim["core_y"], sim["alt"], sim["az"]):
+                                                      sim["core_y"], sim["alt"], sim["az"],
+                                                      uncert=0.0):
                     self.buffer(f"/simulation/event/telescope/impact/tel_{tel_id:03d}", kind).add(row)
         for tel_id, tel in (event.get("tels") or {}).items():
             self._write_tel(event, int(tel_id), tel, bool(sim))
@@ -351,7 +352,7 @@ class DL2Writer(HDF5Writer):
             c_algo = (self.classification_algorithm
                       or dl2.get("classification_algorithm", "ToyGammaSelection"))
             self._algorithms_written["classification"] = c_algo
-            self.buffer(f"/dl2/event/subarray/classification/{c_algo}", rowsof.CLASSIFICATION,
+            self.buffer(f"/dl2/event/subarray/particle_type/{c_algo}", rowsof.CLASSIFICATION,
                         c_algo).add(rowsof.classification_row(event, c_algo, self._tel_ids))
 
     def _write_impact(self, event: dict, algo: str) -> None:
@@ -366,7 +367,7 @@ class DL2Writer(HDF5Writer):
     def _write_configuration(self) -> None:
         super()._write_configuration()
         for kind, algo in self._algorithms_written.items():
-            path = f"/dl2/event/subarray/{kind}/{algo}"
+            path = f"/dl2/event/subarray/{'particle_type' if kind == 'classification' else kind}/{algo}"
             if algo.startswith("Toy") and path in self._h5:
                 self._h5.get_node(path)._v_attrs["FLOW_ESTIMATE"] = (
                     "toy estimate (stages.selection placeholder formula), not a trained model")

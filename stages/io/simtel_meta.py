@@ -10,7 +10,8 @@ HDF5 writers call `read_simulation_info` on it to fill the configuration tables 
 - ``shower_distribution``: the histogram of thrown showers (sim_telarray histogram id 6), or None
   when the file ends before its histograms (a truncated file, as ctapipe warns);
 - ``triggers``: per event id, the central trigger time (unix s, ns), the triggered telescopes with
-  their trigger times (ns relative to the central trigger) and trigger type masks.
+  their trigger times (ns relative to the central trigger) and trigger type masks, and the
+  ``starting_grammage`` (g/cm2) of the event's shower (its MC shower block, as ctapipe reads it).
 """
 
 from __future__ import annotations
@@ -82,7 +83,7 @@ def read_simulation_info(path) -> dict:
     from eventio.simtel import objects as so
 
     out = {"run": None, "observation": None, "shower_distribution": None, "triggers": {}}
-    header = None
+    header, depth_start = None, np.nan
     try:
         for obj in EventIOFile(str(path)):
             if isinstance(obj, so.RunHeader):
@@ -93,10 +94,13 @@ def read_simulation_info(path) -> dict:
                                       "tracking_mode": int(header["tracking_mode"])}
             elif isinstance(obj, so.MCRunHeader) and header is not None:
                 out["run"] = run_config(obj.parse(), int(header["run"]))
+            elif isinstance(obj, so.MCShower):
+                depth_start = float(obj.parse()["depth_start"])
             elif isinstance(obj, so.ArrayEvent):
                 for child in obj:
                     if isinstance(child, so.TriggerInformation):
-                        out["triggers"][int(obj.header.id)] = _trigger(child.parse())
+                        trigger = dict(_trigger(child.parse()), starting_grammage=depth_start)
+                        out["triggers"][int(obj.header.id)] = trigger
                         break
             elif type(obj).__name__ == "Histograms":
                 hist = next((h for h in obj.parse() if h["id"] == SHOWER_HISTOGRAM_ID), None)
