@@ -133,6 +133,15 @@ def table_attrs(kind: str, algo: str = "") -> dict:
     return out
 
 
+def column_units(kind: str, algo: str = "") -> dict[str, str]:
+    """{column: unit} of a table kind ('' for dimensionless columns)."""
+    attrs = load_schema()[kind]["attrs"]
+    out = {}
+    for pos, (name, _, _) in enumerate(load_schema()[kind]["dtype"]):
+        out[name.replace("{algo}", algo)] = attrs.get(f"CTAFIELD_{pos}_UNIT", "")
+    return out
+
+
 def table_title(kind: str, algo: str = "") -> str:
     return load_schema()[kind]["title"].replace("{algo}", algo)
 

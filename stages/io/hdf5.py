@@ -343,6 +343,9 @@ class DL2Writer(HDF5Writer):
                 rowsof.geometry_row(event, algo, self._tel_ids))
             if self._subarray:
                 self._write_impact(event, algo)
+        for g_algo, geometry in (dl2.get("geometries") or {}).items():  # e.g. disp (ApplyModels)
+            self.buffer(f"/dl2/event/subarray/geometry/{g_algo}", rowsof.GEOMETRY, g_algo).add(
+                rowsof.geometry_row(dict(event, dl2=geometry), g_algo, self._tel_ids))
         if "energy" in dl2:
             e_algo = self.energy_algorithm or dl2.get("energy_algorithm", "ToyEnergyEstimate")
             self._algorithms_written["energy"] = e_algo
