@@ -16,6 +16,7 @@ from __future__ import annotations
 import getpass
 import platform
 import uuid
+import warnings
 from datetime import UTC, datetime
 
 import numpy as np
@@ -147,5 +148,7 @@ def _user() -> str:
 
 
 def write_product_metadata(h5: tables.File, meta: dict) -> None:
-    for key, value in meta.items():
-        h5.root._v_attrs[key] = value
+    with warnings.catch_warnings():  # "CTA ..." are not Python identifiers: fine for attributes
+        warnings.simplefilter("ignore", tables.NaturalNameWarning)
+        for key, value in meta.items():
+            h5.root._v_attrs[key] = value

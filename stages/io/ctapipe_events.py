@@ -81,11 +81,22 @@ def parameter_row(event: dict, tel_id: int, params: dict) -> np.ndarray:
     return fill(rows(PARAMS, 1), dict(params, **ids(event, tel_id)))
 
 
-def true_image_row(event: dict, tel_id: int, tel: dict) -> np.ndarray:
+def true_image_row(event: dict, tel_id: int, tel: dict, with_image: bool = False) -> np.ndarray:
+    """true_image_sum (-1 without a true image); with ``with_image`` also the int32 true_image."""
     true_image = tel.get("true_image")
     total = int(np.sum(true_image)) if true_image is not None else -1
-    return fill(rows("simulation/event/telescope/images/tel_NNN", 1),
-                dict(ids(event, tel_id), true_image_sum=total))
+    row = fill(rows("simulation/event/telescope/images/tel_NNN", 1),
+               dict(ids(event, tel_id), true_image_sum=total))
+    if with_image and true_image is None and "image" in tel:  # as ctapipe: -1 where unknown
+        true_image = np.full(len(tel["image"]), -1, dtype=np.int32)
+    if not with_image or true_image is None:
+        return row
+    image = np.asarray(true_image, dtype=np.int32)
+    out = np.zeros(1, dtype=row.dtype.descr + [("true_image", "<i4", image.shape)])
+    for name in row.dtype.names:
+        out[name] = row[name]
+    out["true_image"] = image
+    return out
 
 
 def impact_rows(event: dict, subarray: dict, kind: str, column: str, core_x, core_y, alt_rad,

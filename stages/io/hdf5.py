@@ -219,7 +219,7 @@ class HDF5Writer(Consumer):
                 rowsof.parameter_row(event, tel_id, tel["params"]))
         if is_sim:
             self.buffer(f"{TRUE_IMAGES_PATH}/{name}", "simulation/event/telescope/images/tel_NNN"
-                        ).add(rowsof.true_image_row(event, tel_id, tel))
+                        ).add(rowsof.true_image_row(event, tel_id, tel, self.write_images))
         if self.write_images and "image" in tel:
             image = np.asarray(tel["image"], dtype=np.float32)
             row = np.zeros(1, dtype=[("obs_id", "<i4"), ("event_id", "<i8"), ("tel_id", "<i2"),
