@@ -179,12 +179,12 @@ class ToyEventSource(Producer):
         """Event ``index`` of this run: the same value every time it is asked for."""
         rng = np.random.default_rng((self.seed, index))
         is_gamma = rng.random() < self.gamma_fraction
-        for attempt in range(1000):  # redraw until at least one telescope triggers (cheap: see below)
+        for attempt in range(1, 1001):  # redraw until one telescope triggers (cheap: see below)
             shower = draw_shower(rng, is_gamma)
             tels = self._telescope_events(shower, rng)
+            shower["n_thrown"] = attempt  # showers drawn for this event (stages.io.toy_simconfig)
             if tels:
                 break
-        shower["n_thrown"] = attempt + 1  # showers drawn for this event (stages.io.toy_simconfig)
         return {
             "obs_id": self.obs_id, "event_id": index + 1,
             "pointing": {"alt": float(np.deg2rad(POINTING_ALT_DEG)),
