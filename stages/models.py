@@ -21,12 +21,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from flow.errors import StepError
+from flow.errors import DataError
 from flow.graph.params import Param
 from flow.graph.step import Stager
 
-from .io.ctapipe_schema import column_units
+from .io.ctapipe_schema import column_units, table_dtype
 
+POINTING_UNITS = {"subarray_pointing_lat": "deg", "subarray_pointing_lon": "deg",
+                  "telescope_pointing_altitude": "rad", "telescope_pointing_azimuth": "rad"}
 GEOMETRY_FIELDS = ("alt", "az", "ang_distance_uncert", "is_valid", "core_x", "core_y", "h_max",
                    "average_intensity", "alt_uncert", "az_uncert")
 
@@ -57,8 +59,19 @@ def telescope_table(event: dict, subarray_ids: list[int], geometry_algorithm: st
         cols[f"{algo}_{key}"] = [dl2.get(key, np.nan if key != "is_valid" else False)] * n
     used = dl2.get("telescopes", []) if dl2.get("is_valid") else []
     cols[f"{algo}_telescopes"] = [tel_mask(used, subarray_ids)] * n
+    pointing = event.get("pointing") or {"alt": np.nan, "az": np.nan}
+    cols["subarray_pointing_lat"] = [np.rad2deg(pointing["alt"])] * n  # observation block, deg
+    cols["subarray_pointing_lon"] = [np.rad2deg(pointing["az"])] * n
+    cols["subarray_pointing_frame"] = [0] * n  # CoordinateFrameType.ALTAZ
+    cols["telescope_pointing_altitude"] = [(event["tels"][t].get("pointing") or pointing)["alt"]
+                                           for t in tels]
+    cols["telescope_pointing_azimuth"] = [(event["tels"][t].get("pointing") or pointing)["az"]
+                                          for t in tels]
     table = Table(cols)
-    for name, unit in {**units["params"], **units["geometry"]}.items():
+    for name, dtype in units["dtypes"].items():  # the file's dtypes: what ctapipe's tool reads
+        if name in table.colnames:
+            table[name] = table[name].astype(dtype)
+    for name, unit in {**units["params"], **units["geometry"], **POINTING_UNITS}.items():
         if name in table.colnames and unit:
             table[name].unit = unit
     return table
@@ -125,20 +138,29 @@ class ApplyModels(Stager):
         try:
             from ctapipe.reco import Reconstructor
         except ImportError as exc:
-            raise StepError("ApplyModels needs ctapipe (pip install flow-iact[ctapipe]) to read "
-                            "ctapipe's model files") from exc
+            raise ImportError("ApplyModels needs ctapipe (pip install flow-iact[ctapipe]) to read "
+                              "ctapipe's model files") from exc
         self._reconstructors = []
         for path in self.models:
             try:
                 self._reconstructors.append(Reconstructor.read(path))
-            except (OSError, TypeError, ValueError, EOFError) as exc:
-                raise StepError(f"ApplyModels: cannot read model file {path}: {exc}") from exc
+            except Exception as exc:  # noqa: BLE001 - joblib/pickle raise many types
+                raise DataError(f"ApplyModels: cannot read model file {path}: {exc}") from exc
         subarray = self.context["subarray"]
         self._ids = sorted(subarray["tels"])
         self._positions = {t: np.asarray(tel["position"]) for t, tel in subarray["tels"].items()}
-        self._units = {"params": column_units("dl1/event/telescope/parameters/tel_NNN"),
-                       "geometry": column_units("dl2/event/subarray/geometry/{algo}",
-                                                self.geometry_algorithm)}
+        algo = self.geometry_algorithm
+        kinds = [("dl1/event/telescope/parameters/tel_NNN", ""),
+                 ("dl2/event/subarray/geometry/{algo}", algo),
+                 ("configuration/observation/observation_block", ""),
+                 ("configuration/telescope/pointing/tel_NNN", "")]
+        dtypes = {}
+        for kind, name in kinds:
+            dt = table_dtype(kind, name)
+            dtypes.update({c: dt[c].base for c in dt.names
+                           if not dt[c].shape and c not in ("obs_id", "event_id", "tel_id")})
+        self._units = {"params": column_units(kinds[0][0]),
+                       "geometry": column_units(kinds[1][0], algo), "dtypes": dtypes}
 
     def process(self, event: dict) -> dict:
         table = telescope_table(event, self._ids, self.geometry_algorithm, self._units)

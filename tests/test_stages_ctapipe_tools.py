@@ -26,23 +26,29 @@ NOT_COMPARED = re.compile(r"^(core_psi|timing_.*|peak_time_(skewness|kurtosis)|.
 
 
 def run(*args, cwd=None):
+    """A ctapipe tool; its provenance log goes to ``cwd`` (the test's directory)."""
     cmd = [str(BIN / args[0]), *map(str, args[1:])]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, timeout=600)
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd or WORK[0], timeout=600)
     assert proc.returncode == 0, f"{cmd}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return proc
 
 
 def flow_run(config, out, *sets):
     cmd = [sys.executable, "-m", "flow.cli", "run", str(ROOT / "configs" / config), "--quiet",
-           "--set", f"write.path={out}", *[a for s in sets for a in ("--set", s)]]
+           "--set", f"write.path={out}", "--dead-letter", str(out.with_suffix(".deadletter.jsonl")),
+           *[a for s in sets for a in ("--set", s)]]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out
 
 
+WORK: list = []
+
+
 @pytest.fixture(scope="session")
 def work(tmp_path_factory):
-    return tmp_path_factory.mktemp("ctapipe_tools")
+    WORK[:] = [tmp_path_factory.mktemp("ctapipe_tools")]
+    return WORK[0]
 
 
 @pytest.fixture(scope="session")
@@ -60,7 +66,7 @@ def sst1m(work):
 def toys(work):
     """flow DL2 of toy gammas, protons and electrons (one run each, distinct obs_id)."""
     out = {}
-    for obs_id, (particle, n) in enumerate((("gamma", 300), ("proton", 300), ("electron", 80)), 1):
+    for obs_id, (particle, n) in enumerate((("gamma", 200), ("proton", 200), ("electron", 60)), 1):
         out[particle] = flow_run("toy_particle_dl2.yaml", work / f"toy_{particle}.h5",
                                  f"read.particle={particle}", f"read.obs_id={obs_id}",
                                  f"read.seed={obs_id}", f"read.n_events={n}")

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from flow.errors import StepError
+from flow.errors import DataError
 from stages.io.toy_particles import ToyParticleSource
 from stages.models import ApplyModels
 
@@ -17,16 +17,22 @@ BIN = Path(sys.executable).parent
 N_EVENTS = 150
 
 
-def run(*args):
-    proc = subprocess.run([str(a) for a in args], capture_output=True, text=True, cwd=ROOT,
-                          timeout=900)
+def run(*args, cwd=None):
+    proc = subprocess.run([str(a) for a in args], capture_output=True, text=True,
+                          cwd=cwd or ROOT, timeout=900)
     assert proc.returncode == 0, f"{args}\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
 
 
 def flow_run(config, out, *sets):
     run(sys.executable, "-m", "flow.cli", "run", ROOT / "configs" / config, "--quiet", "--set",
-        f"write.path={out}", *[a for s in sets for a in ("--set", s)])
+        f"write.path={out}", "--dead-letter", out.with_suffix(".deadletter.jsonl"),
+        *[a for s in sets for a in ("--set", s)])
     return out
+
+
+def tool(work, *args):
+    """A ctapipe tool, run in ``work`` (its provenance log goes there)."""
+    run(BIN / args[0], *args[1:], cwd=work)
 
 
 @pytest.fixture(scope="module")
@@ -38,15 +44,15 @@ def applied(tmp_path_factory):
     proton = flow_run("toy_particle_dl2.yaml", work / "proton.h5", "read.particle=proton",
                       "read.obs_id=2", "read.seed=8", f"read.n_events={N_EVENTS}")
     models = [work / "energy.pkl", work / "classifier.pkl", work / "disp.pkl"]
-    run(BIN / "ctapipe-train-energy-regressor", "--input", gamma, "--output", models[0],
-        "--config", CFG / "train_energy.yaml")
-    run(BIN / "ctapipe-train-particle-classifier", "--signal", gamma, "--background", proton,
-        "--output", models[1], "--config", CFG / "train_classifier.yaml")
-    run(BIN / "ctapipe-train-disp-reconstructor", "--input", gamma, "--output", models[2],
-        "--config", CFG / "train_disp.yaml")
+    tool(work, "ctapipe-train-energy-regressor", "--input", gamma, "--output", models[0],
+         "--config", CFG / "train_energy.yaml")
+    tool(work, "ctapipe-train-particle-classifier", "--signal", gamma, "--background", proton,
+         "--output", models[1], "--config", CFG / "train_classifier.yaml")
+    tool(work, "ctapipe-train-disp-reconstructor", "--input", gamma, "--output", models[2],
+         "--config", CFG / "train_disp.yaml")
     reference = work / "ctapipe_applied.h5"
-    run(BIN / "ctapipe-apply-models", "--input", gamma, "--output", reference,
-        *[a for m in models for a in ("--reconstructor", m)])
+    tool(work, "ctapipe-apply-models", "--input", gamma, "--output", reference,
+         *[a for m in models for a in ("--reconstructor", m)])
     mine = flow_run("toy_apply_models.yaml", work / "flow_applied.h5", *common,
                     "apply.models=[" + ", ".join(str(m) for m in models) + "]")
     return reference, mine
@@ -77,5 +83,5 @@ def test_apply_models_equals_ctapipe_apply_models(applied, path):
 def test_missing_model_file_is_a_clear_error(tmp_path):
     ctx = ToyParticleSource(n_events=1).publish_context()
     step = ApplyModels(models=[str(tmp_path / "nope.pkl")], context=ctx)
-    with pytest.raises(StepError, match="nope.pkl"):
+    with pytest.raises(DataError, match="nope.pkl"):
         step.setup()
