@@ -57,10 +57,10 @@ def prepare(work: Path, n_events: int):
     errors: list = []
     graph = apply_overrides(load_graph(config), [f"read.n_events={n_events}"], errors)
     assert not errors, errors
-    got = collect(graph)
     from stages.io.toy_particles import ToyParticleSource
 
     context = ToyParticleSource(n_events=n_events).publish_context()
+    got = collect(graph, context=context)
     return files["gamma"], models, [ev for _, ev in got["write"]], context
 
 

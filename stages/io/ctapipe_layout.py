@@ -91,7 +91,7 @@ def write_table(h5: tables.File, path: str, kind: str, data: np.ndarray, algo: s
     """Create ``path`` with ``data`` and the schema's metadata (plus string widths and ``attrs``)."""
     where, _, name = path.rpartition("/")
     table = h5.create_table(where, name, data.dtype, title=table_title(kind, algo),
-                            createparents=True, filters=filters, expectedrows=max(len(data), 100))
+                            createparents=True, filters=filters, expectedrows=max(len(data), 1000))
     schema = table_attrs(kind, algo)
     if any(key.startswith("CTAFIELD_") for key in attrs or {}):  # the caller knows the columns
         schema = {k: v for k, v in schema.items() if not k.startswith("CTAFIELD_")}
