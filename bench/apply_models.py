@@ -32,8 +32,9 @@ sys.path.insert(0, str(ROOT))
 BIN = Path(sys.executable).parent
 
 
-def sh(*args) -> None:
-    subprocess.run([str(a) for a in args], check=True, cwd=ROOT, capture_output=True)
+def sh(*args, cwd=None) -> None:
+    """Run a command in ``cwd`` (ctapipe tools leave their provenance log there)."""
+    subprocess.run([str(a) for a in args], check=True, cwd=cwd or ROOT, capture_output=True)
 
 
 def prepare(work: Path, n_events: int):
@@ -48,12 +49,14 @@ def prepare(work: Path, n_events: int):
         files[particle] = work / f"{particle}.h5"
         sh(sys.executable, "-m", "flow.cli", "run", config, "--quiet", "--set",
            f"read.particle={particle}", "--set", f"read.obs_id={obs_id}", "--set",
-           f"read.n_events={n_events}", "--set", f"write.path={files[particle]}")
+           f"read.n_events={n_events}", "--set", f"write.path={files[particle]}",
+           "--dead-letter", work / "deadletter.jsonl")
     models = [work / "energy.pkl", work / "classifier.pkl"]
     sh(BIN / "ctapipe-train-energy-regressor", "--input", files["gamma"], "--output", models[0],
-       "--config", ROOT / "configs/ctapipe/train_energy.yaml")
+       "--config", ROOT / "configs/ctapipe/train_energy.yaml", cwd=work)
     sh(BIN / "ctapipe-train-particle-classifier", "--signal", files["gamma"], "--background",
-       files["proton"], "--output", models[1], "--config", ROOT / "configs/ctapipe/train_classifier.yaml")
+       files["proton"], "--output", models[1], "--config", ROOT / "configs/ctapipe/train_classifier.yaml",
+       cwd=work)
     errors: list = []
     graph = apply_overrides(load_graph(config), [f"read.n_events={n_events}"], errors)
     assert not errors, errors
@@ -67,7 +70,7 @@ def prepare(work: Path, n_events: int):
 def time_ctapipe(dl2: Path, models: list, out: Path) -> float:
     start = time.perf_counter()
     sh(BIN / "ctapipe-apply-models", "--input", dl2, "--output", out, "--overwrite",
-       *[a for m in models for a in ("--reconstructor", m)])
+       *[a for m in models for a in ("--reconstructor", m)], cwd=out.parent)
     return time.perf_counter() - start
 
 
