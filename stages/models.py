@@ -94,14 +94,18 @@ def apply_reconstructor(reconstructor, table) -> dict:
     from astropy.table import vstack
 
     parts = []
-    for tel_id in np.unique(table["tel_id"]):
-        rows = table[table["tel_id"] == tel_id]
-        predictions = reconstructor.predict_table(reconstructor.subarray.tel[int(tel_id)], rows)
+    by_type: dict = {}  # one model per telescope type: one predict call per type, not per telescope
+    for i, tel_id in enumerate(table["tel_id"]):
+        by_type.setdefault(reconstructor.subarray.tel[int(tel_id)], []).append(i)
+    for tel_type, index in by_type.items():
+        rows = table[index]
+        predictions = reconstructor.predict_table(tel_type, rows)
         for prediction in predictions.values():
             for col in prediction.colnames:
                 rows[col] = prediction[col]
         parts.append(rows)
-    stereo = vstack(parts)
+    stereo = vstack(parts) if len(parts) > 1 else parts[0]
+    stereo = stereo[np.argsort(stereo["tel_id"], kind="stable")]  # tel_id order, as the tool
     combiner = reconstructor.stereo_combiner
     return {str(combiner.property): combiner.predict_table(stereo)}
 
