@@ -1,4 +1,10 @@
-"""Event-level DL2 estimates: a simple energy, gamma-likeness cuts, and a scikit-learn model.
+"""Event-level DL2 **toy estimates** for the demo: a simple energy, gamma-likeness cuts, and a
+scikit-learn model.
+
+For an analysis, train models with ctapipe's tools and apply them with `stages.models.ApplyModels`
+(docs/analysis.md). `EnergyEstimate` and `GammaSelection` are placeholder formulas; the DL2 writer
+stores them as ``ToyEnergyEstimate`` / ``ToyGammaSelection`` tables with a ``FLOW_ESTIMATE``
+attribute saying so, and the run's provenance row lists them as toy estimates.
 
 Contract: the pure functions take per-telescope arrays of one event and return floats.
 
@@ -62,7 +68,10 @@ def _used_tels(event: dict) -> list:
 
 
 class EnergyEstimate(Stager):
-    """Approximate energy from intensities and impact distances (see `estimate_energy`)."""
+    """Toy estimate: approximate energy from intensities and impact distances (`estimate_energy`).
+
+    A placeholder for the demo, written as ``ToyEnergyEstimate``; not a trained model.
+    """
 
     pe_per_tev = Param(float, 2000.0, "p.e. per TeV near the core (calibrate per array)")
     impact_scale_m = Param(float, 180.0, "exponential fall-off of intensity with impact (m)")
@@ -70,6 +79,7 @@ class EnergyEstimate(Stager):
     def process(self, event: dict) -> dict:
         dl2 = event.setdefault("dl2", {})
         dl2["energy"], dl2["energy_valid"] = np.nan, False
+        dl2["energy_algorithm"] = "ToyEnergyEstimate"
         use = _used_tels(event)
         if not use or not dl2.get("is_valid"):
             return event
@@ -82,7 +92,10 @@ class EnergyEstimate(Stager):
 
 
 class GammaSelection(Stager):
-    """Gammaness from mean scaled width/length; ``is_gamma`` from hard cuts."""
+    """Toy estimate: gammaness from mean scaled width/length; ``is_gamma`` from hard cuts.
+
+    A placeholder for the demo, written as ``ToyGammaSelection``; not a trained classifier.
+    """
 
     ref_width_deg = Param(float, 0.05, "typical gamma image width (deg)")
     ref_length_deg = Param(float, 0.15, "typical gamma image length (deg)")
@@ -100,7 +113,8 @@ class GammaSelection(Stager):
                                           self.ref_width_deg, self.ref_length_deg, self.max_msw,
                                           self.softness)
         intensity = sum(float(p["hillas_intensity"]) for p in params)
-        dl2.update({"mean_scaled_width": msw, "mean_scaled_length": msl, "gammaness": gammaness,
+        dl2.update({"classification_algorithm": "ToyGammaSelection",
+                    "mean_scaled_width": msw, "mean_scaled_length": msl, "gammaness": gammaness,
                     "is_gamma": bool(msw <= self.max_msw and msl <= self.max_msl
                                      and intensity >= self.min_intensity)})
         return event

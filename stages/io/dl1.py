@@ -32,6 +32,13 @@ from .hdf5 import (
 _IDS = ("obs_id", "event_id", "tel_id")
 
 
+def _unfilled(column: np.ndarray) -> bool:
+    """A column no step filled: all at ctapipe's default (NaN, or -1 for integers)."""
+    if column.dtype.kind == "f":
+        return bool(np.isnan(column).all())
+    return column.dtype.kind == "i" and bool((column == -1).all())
+
+
 def _scalar(value):
     return value.item() if isinstance(value, np.generic) else value
 
@@ -103,8 +110,9 @@ class DL1Source(Producer):
                         sim[key] = value / factor if factor != 1 else value
                 event_of(int(row["obs_id"]), int(row["event_id"]))["simulation"] = sim
         for tel_id, table in self._tel_tables(h5, PARAMS_PATH).items():
-            names = [n for n in table.colnames if n not in _IDS]
-            for row in table.read():
+            rows = table.read()
+            names = [n for n in table.colnames if n not in _IDS and not _unfilled(rows[n])]
+            for row in rows:
                 tel = event_of(int(row["obs_id"]), int(row["event_id"]))["tels"][tel_id]
                 tel["params"] = {n: _scalar(row[n]) for n in names}
         if self.read_images:
@@ -114,6 +122,8 @@ class DL1Source(Producer):
                     tel["image"], tel["peak_time"] = row["image"].copy(), row["peak_time"].copy()
                     tel["mask"] = row["image_mask"].copy()
             for tel_id, table in self._tel_tables(h5, TRUE_IMAGES_PATH).items():
+                if "true_image" not in table.colnames:  # ctapipe's layout: only true_image_sum
+                    continue
                 for row in table.read():
                     tel = event_of(int(row["obs_id"]), int(row["event_id"]))["tels"][tel_id]
                     tel["true_image"] = row["true_image"].copy()

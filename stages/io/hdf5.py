@@ -1,36 +1,45 @@
-"""HDF5 output in ctapipe's DL1/DL2 layout (PyTables), buffered, compressed and resumable.
+"""HDF5 output in ctapipe 0.28's data model (v7.1.0), written with PyTables: no ctapipe needed.
 
-Layout (where it overlaps ctapipe 0.28's ``DataWriter``, same paths and column names)::
+`DL1Writer` and `DL2Writer` write what ``ctapipe-process --write-parameters --write-showers``
+writes for the same events, with the same paths, columns, dtypes, units and column metadata
+(`stages.io.ctapipe_schema`), so ctapipe's ``TableLoader``, ``read_table`` and tools read it::
 
-    /dl1/event/telescope/parameters/tel_NNN   obs_id, event_id, tel_id, hillas_intensity, ...
-    /dl1/event/telescope/images/tel_NNN       obs_id, event_id, tel_id, image, peak_time, image_mask
-    /simulation/event/subarray/shower         obs_id, event_id, true_energy, true_alt, true_az, ...
-    /simulation/event/telescope/images/tel_NNN  obs_id, event_id, tel_id, true_image
-    /dl2/event/subarray/geometry/<algo>       obs_id, event_id, <algo>_alt, <algo>_az, ... (deg, m)
-    /dl2/event/subarray/energy/<algo>         obs_id, event_id, <algo>_energy, <algo>_is_valid
-    /dl2/event/subarray/classification/<algo> obs_id, event_id, <algo>_prediction, <algo>_is_valid
-    /configuration/flow/context               the producers' context["subarray"], see below
-    /configuration/provenance/runs            one row per run: start/stop, versions, input files
-    /flow/keys                                flow key of every event held (for resume)
+    /configuration/instrument/...             subarray layout, optics, camera geometry and readout
+    /configuration/simulation/run             SimulationConfigContainer per run
+    /configuration/observation/*_block        scheduling and observation blocks
+    /configuration/telescope/pointing/tel_NNN first pointing of each telescope (rad)
+    /dl1/event/subarray/trigger               obs_id, event_id, time, tels_with_trigger, event_type
+    /dl1/event/telescope/trigger              per telescope: time, event_type, n_trigger_pixels
+    /dl1/event/telescope/parameters/tel_NNN   hillas_*, timing_*, leakage_*, ... (deg, ns)
+    /dl1/event/telescope/images/tel_NNN       image, peak_time, image_mask (write_images)
+    /simulation/event/subarray/shower         true_energy (TeV), true_alt/az (deg), true_core_x/y...
+    /simulation/event/telescope/images/tel_NNN  true_image_sum
+    /simulation/event/telescope/impact/tel_NNN  true_impact_distance (m)
+    /simulation/service/shower_distribution   thrown showers (when the input has them)
+    /dl2/event/subarray/geometry/<algo>       <algo>_alt, <algo>_az (deg), core, h_max, telescopes
+    /dl2/event/telescope/impact/<algo>/tel_NNN  <algo>_tel_impact_distance (m)
+    /dl2/event/subarray/energy/<algo>         <algo>_energy (TeV), <algo>_is_valid, ...
+    /dl2/event/subarray/particle_type/<algo> <algo>_prediction, <algo>_is_valid, ...
+    /  (attributes)                           CTA PRODUCT / ACTIVITY / INSTRUMENT ... metadata
 
-Units are column attributes as ctapipe's HDF5TableWriter writes them
-(``CTAFIELD_{pos}_TRANSFORM = "quantity"``, ``CTAFIELD_{pos}_UNIT``), so ``ctapipe.io.read_table``
-returns Quantity columns. Angles are stored in degrees (event dicts carry radians for pointing and
-truth). The context tree: a dict is a group, an array an array, a scalar or string an attribute;
-int keys are stored as ``i<key>`` groups (group attribute ``flow_int_keys``); a dict shared by several
-telescopes (one camera) is stored once and hard-linked. `read_context` reads it back.
+flow's own extras stay under ``/configuration/flow``: ``context`` (the producers' subarray, read back
+by `stages.io.dl1.DL1Source`), ``provenance`` (one row per run: times, versions, inputs, the graph's
+step) and ``keys`` (the key of every event held, for resume).
 
-Rows are buffered (``buffer_rows``) and appended in blocks; ``teardown`` flushes and closes, so the
-file is valid after any stop. With ``mode: append`` an existing file is extended and ``done_keys()``
-returns the keys it already holds.
+The configuration tables come from the producers' context: ``context["simulation"]`` when a source
+publishes it (`stages.io.toy`), else the sim_telarray input file named in
+``context["provenance"]["input_files"]`` (`stages.io.simtel_meta`, one scan of its headers and
+trigger blocks, which also gives each event's trigger time and triggered telescopes).
+
+Rows are buffered (``buffer_rows``) and appended in blocks; ``teardown`` flushes, writes the
+configuration tables and closes, so the file is valid after any stop. With ``mode: append`` an
+existing file is extended and ``done_keys()`` returns the keys it already holds.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import platform
-import re
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -40,35 +49,21 @@ import tables
 from flow.graph.params import REQUIRED, Param
 from flow.graph.step import Consumer
 
-FILTERS = tables.Filters(complevel=5, complib="blosc:zstd", shuffle=True)
-KEYS_PATH = "/flow/keys"
-CONTEXT_PATH = "/configuration/flow/context"
-PROVENANCE_PATH = "/configuration/provenance/runs"
+from . import ctapipe_config as config
+from . import ctapipe_events as rowsof
+from .ctapipe_layout import write_table
+from .h5context import FILTERS, fingerprint, read_context, write_context  # noqa: F401 - re-exported
+
+CTAPIPE_FILTERS = tables.Filters(complevel=5, complib="blosc:zstd", shuffle=True, fletcher32=True)
+FLOW_GROUP = "/configuration/flow"
+KEYS_PATH = f"{FLOW_GROUP}/keys"
+CONTEXT_PATH = f"{FLOW_GROUP}/context"
+PROVENANCE_PATH = f"{FLOW_GROUP}/provenance"
 PARAMS_PATH = "/dl1/event/telescope/parameters"
 IMAGES_PATH = "/dl1/event/telescope/images"
 SHOWER_PATH = "/simulation/event/subarray/shower"
 TRUE_IMAGES_PATH = "/simulation/event/telescope/images"
-_DEG_PARAM = re.compile(r"^hillas_(fov_lon|fov_lat|r|length|width|phi|psi)(_uncertainty)?$")
-_SIM_FIELDS = {  # event["simulation"] key -> (column, unit, factor)
-    "energy": ("true_energy", "TeV", 1.0), "alt": ("true_alt", "deg", np.rad2deg(1.0)),
-    "az": ("true_az", "deg", np.rad2deg(1.0)), "core_x": ("true_core_x", "m", 1.0),
-    "core_y": ("true_core_y", "m", 1.0), "h_first_int": ("true_h_first_int", "m", 1.0),
-    "x_max": ("true_x_max", "g.cm**-2", 1.0), "shower_primary_id": ("true_shower_primary_id", "", 1),
-}
-_GEOMETRY = {"alt": "deg", "az": "deg", "alt_uncert": "deg", "az_uncert": "deg", "core_x": "m",
-             "core_y": "m", "core_tilted_x": "m", "core_tilted_y": "m", "h_max": "m",
-             "is_valid": "", "multiplicity": "", "average_intensity": ""}
-
-
-def param_unit(name: str) -> str:
-    """ctapipe's unit of a flat DL1 parameter column (vounit string, '' if dimensionless)."""
-    if _DEG_PARAM.match(name):
-        return "deg"
-    if name == "timing_slope":
-        return "deg**-1"
-    if name in ("timing_intercept", "timing_deviation") or name.startswith("peak_time_"):
-        return "ns"
-    return ""
+_SIM_FIELDS = {key: (col, "", factor) for key, (col, factor) in rowsof.SIM_FIELDS.items()}
 
 
 def versions() -> dict:
@@ -82,126 +77,48 @@ def versions() -> dict:
     return out
 
 
-class TableBuffer:
-    """Rows for one HDF5 table, appended in blocks; columns fixed by the first row (or the file)."""
+class SchemaBuffer:
+    """Rows of one ctapipe table (one schema kind), appended in blocks.
 
-    def __init__(self, h5: tables.File, path: str, units: dict[str, str]):
-        self.h5, self.path, self.units, self.rows = h5, path, units, []
+    The table and its metadata are created with the first row (HDF5 attributes cost ~0.2 ms each,
+    a parameter table has over a hundred): spread over the stream, not all at ``teardown``.
+    """
+
+    def __init__(self, h5: tables.File, path: str, kind: str, algo: str = ""):
+        self.h5, self.path, self.kind, self.algo, self.rows = h5, path, kind, algo, []
         self.table = h5.get_node(path) if path in h5 else None
 
-    def add(self, row: dict) -> None:
+    def add(self, row: np.ndarray) -> None:
+        if self.table is None:
+            self.table = self._create(row[:0])
         self.rows.append(row)
+
+    def _create(self, empty: np.ndarray) -> tables.Table:
+        return write_table(self.h5, self.path, self.kind, empty, self.algo, filters=CTAPIPE_FILTERS)
 
     def flush(self) -> None:
         if not self.rows:
             return
-        if self.table is None:
-            self.table = self._create(self.rows[0])
-        dtype = self.table.dtype
-        block = np.zeros(len(self.rows), dtype=dtype)
-        for name in dtype.names:
-            column = block[name]
-            if np.issubdtype(dtype[name].base, np.floating):
-                column[...] = np.nan  # a parameter missing from a row reads as NaN
-            for i, row in enumerate(self.rows):
-                value = row.get(name)
-                if value is not None:
-                    column[i] = value
-        self.table.append(block)
+        block = np.concatenate(self.rows)
+        self.table.append(block.astype(self.table.dtype, copy=False))
         self.rows = []
 
-    def _create(self, row: dict) -> tables.Table:
-        fields = []
-        for name, value in row.items():
-            arr = np.asarray(value)
-            if arr.dtype.kind in "US":
-                arr = arr.astype("S64")
-            elif arr.dtype.kind == "f" and arr.ndim == 0:
-                arr = arr.astype(np.float64)
-            elif arr.dtype.kind in "iu" and arr.ndim == 0 and name not in ("tel_id",):
-                arr = arr.astype(np.int64)
-            fields.append((name, arr.dtype, arr.shape))
+
+class ImageBuffer(SchemaBuffer):
+    """DL1 images (no schema kind shipped: float32 image, peak_time in ns, bool mask)."""
+
+    def _create(self, empty: np.ndarray) -> tables.Table:
         where, _, name = self.path.rpartition("/")
-        table = self.h5.create_table(where, name, np.dtype(fields), createparents=True,
-                                     filters=FILTERS, expectedrows=10000)
-        for pos, col in enumerate(table.colnames):
-            unit = self.units.get(col, "")
-            if unit:
-                table.attrs[f"CTAFIELD_{pos}_TRANSFORM"] = "quantity"
-                table.attrs[f"CTAFIELD_{pos}_UNIT"] = unit
+        table = self.h5.create_table(where, name, empty.dtype, createparents=True,
+                                     filters=CTAPIPE_FILTERS, expectedrows=10000)
+        pos = empty.dtype.names.index("peak_time")
+        table._v_attrs[f"CTAFIELD_{pos}_TRANSFORM"] = "quantity"
+        table._v_attrs[f"CTAFIELD_{pos}_UNIT"] = "ns"
         return table
 
 
-def fingerprint(value, digest=None) -> str:
-    """Content hash of a context value (equal cameras share one stored copy, even after a copy)."""
-    top = digest is None
-    digest = digest or hashlib.blake2b(digest_size=16)
-    if isinstance(value, dict):
-        for key in sorted(value, key=str):
-            digest.update(repr(key).encode())
-            fingerprint(value[key], digest)
-    elif isinstance(value, np.ndarray):
-        digest.update(f"{value.dtype}{value.shape}".encode())
-        digest.update(np.ascontiguousarray(value).tobytes())
-    else:
-        digest.update(repr(value).encode())
-    return digest.hexdigest() if top else ""
-
-
-def write_context(h5: tables.File, path: str, value: dict, _written: dict | None = None) -> None:
-    """Store a context mapping as groups/arrays/attributes (hard links for equal sub-dicts)."""
-    written = {} if _written is None else _written
-    where, _, name = path.rpartition("/")
-    key = fingerprint(value)
-    if key in written:
-        h5.create_hard_link(where, name, written[key], createparents=True)
-        return
-    group = h5.create_group(where, name, createparents=True)
-    written[key] = path
-    if any(isinstance(k, int | np.integer) for k in value):
-        group._v_attrs["flow_int_keys"] = True
-    for key, item in value.items():
-        child = f"i{int(key)}" if isinstance(key, int | np.integer) else str(key)
-        if isinstance(item, dict):
-            write_context(h5, f"{path}/{child}", item, written)
-        elif isinstance(item, np.ndarray):
-            if item.size > 1024:
-                h5.create_carray(group, child, obj=item, filters=FILTERS)
-            else:  # contiguous: a chunked array costs a whole chunk on disk
-                h5.create_array(group, child, obj=item)
-        elif isinstance(item, list | tuple):
-            group._v_attrs[child] = json.dumps(list(item))
-            group._v_attrs[f"{child}__json"] = True
-        else:
-            group._v_attrs[child] = item
-
-
-def read_context(node) -> dict:
-    """The mapping `write_context` stored under ``node`` (a tables.Group)."""
-    attrs = node._v_attrs
-    int_keys = bool(attrs["flow_int_keys"]) if "flow_int_keys" in attrs else False
-
-    def key_of(name):
-        return int(name[1:]) if int_keys and re.fullmatch(r"i-?\d+", name) else name
-
-    out = {}
-    for name in attrs._v_attrnamesuser:
-        if name == "flow_int_keys" or name.endswith("__json"):
-            continue
-        value = attrs[name]
-        if f"{name}__json" in attrs:
-            value = json.loads(value)
-        elif isinstance(value, np.generic):
-            value = value.item()
-        out[key_of(name)] = value
-    for child in node._v_children.values():
-        key = key_of(child._v_name)
-        out[key] = read_context(child) if isinstance(child, tables.Group) else child.read()
-    return out
-
-
 class HDF5Writer(Consumer):
-    """Common part of the DL1 and DL2 writers: file, buffers, keys, context, provenance."""
+    """Common part of the DL1 and DL2 writers: file, buffers, keys, configuration, provenance."""
 
     path = Param(str, REQUIRED, "output HDF5 file")
     mode = Param(str, "w", "w: overwrite; append: extend an existing file (resume)",
@@ -209,6 +126,9 @@ class HDF5Writer(Consumer):
     buffer_rows = Param(int, 1000, "rows buffered per table before an append")
     write_parameters = Param(bool, True, "write /dl1/event/telescope/parameters")
     write_images = Param(bool, False, "write /dl1/event/telescope/images (and true images)")
+    read_input_metadata = Param(bool, True, "read the simulation configuration and trigger "
+                                "information of sim_telarray inputs (one scan of their headers)")
+    data_levels = ("DL1_PARAMETERS",)
 
     def done_keys(self) -> list[str]:
         if getattr(self, "_h5", None) is not None:
@@ -231,58 +151,95 @@ class HDF5Writer(Consumer):
         self._h5 = tables.open_file(path, "a" if self.mode == "append" else "w")
         self._keys = set(self._read_keys(self._h5))
         self._pending_keys: list[str] = []
-        self._buffers: dict[str, TableBuffer] = {}
-        self._n_rows = 0
-        self._start = datetime.now(UTC).isoformat()
-        if CONTEXT_PATH not in self._h5 and self.context:
+        self._buffers: dict[str, SchemaBuffer] = {}
+        self._n_rows, self._n_thrown, self._obs_ids = 0, 0, set()
+        self._pointings: dict = {}
+        self._start = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+        self._subarray = (self.context or {}).get("subarray") or {}
+        self._tel_ids = sorted(self._subarray.get("tels", {}))
+        if CONTEXT_PATH not in self._h5 and self._subarray:
             # the subarray only: per-pixel calibration is spent once images exist (and is large)
-            storable = {k: v for k, v in self.context.items() if k == "subarray"}
-            write_context(self._h5, CONTEXT_PATH, storable)
-        self._tel_ids = sorted((self.context.get("subarray") or {}).get("tels", {}))
+            write_context(self._h5, CONTEXT_PATH, {"subarray": self._subarray})
+        if self._subarray:
+            config.write_instrument(self._h5, self._subarray, CTAPIPE_FILTERS)
+        self._simulation = self._simulation_info()
 
-    def buffer(self, path: str, units: dict[str, str] | None = None) -> TableBuffer:
+    def _simulation_info(self) -> dict:
+        """The run's simulation mapping: the context's, else read from a sim_telarray input."""
+        published = (self.context or {}).get("simulation")
+        if published:
+            return dict(published, triggers={})
+        inputs = ((self.context or {}).get("provenance") or {}).get("input_files", [])
+        simtel = [p for p in inputs if ".simtel" in Path(p).name]
+        if not (self.read_input_metadata and simtel):
+            return {"triggers": {}}
+        from .simtel_meta import read_simulation_info
+
+        return read_simulation_info(simtel[0])
+
+    def buffer(self, path: str, kind: str, algo: str = "", cls=SchemaBuffer) -> SchemaBuffer:
         if path not in self._buffers:
-            self._buffers[path] = TableBuffer(self._h5, path, units or {})
+            self._buffers[path] = cls(self._h5, path, kind, algo)
         return self._buffers[path]
 
     def process(self, event: dict) -> None:
         key = self.key or f"{event['obs_id']}:{event['event_id']}"
         if key in self._keys:
             return  # duplicate delivery: already held
-        ids = {"obs_id": int(event["obs_id"]), "event_id": int(event["event_id"])}
-        self.write_event(event, ids)
+        self.write_event(event)
         self._keys.add(key)
         self._pending_keys.append(key)
         self._n_rows += 1
         if self._n_rows % self.buffer_rows == 0:
             self.flush()
 
-    def write_event(self, event: dict, ids: dict) -> None:
+    def write_event(self, event: dict) -> None:
+        obs_id = int(event["obs_id"])
+        self._obs_ids.add(obs_id)
+        trigger = self._simulation["triggers"].get(int(event["event_id"]))
+        for kind, row in rowsof.trigger_rows(event, self._tel_ids, trigger):
+            self.buffer("/" + kind, kind).add(row)
+        self._note_pointing(event)
         sim = event.get("simulation")
         if sim:
-            row = dict(ids)
-            for key, (col, _, factor) in _SIM_FIELDS.items():
-                if key in sim:
-                    row[col] = sim[key] * factor if factor != 1 else sim[key]
-            self.buffer(SHOWER_PATH, {c: u for c, u, _ in _SIM_FIELDS.values()}).add(row)
+            self._n_thrown += int(sim.get(self._simulation.get("thrown_key") or "", 1) or 1)
+            self.buffer(SHOWER_PATH, rowsof.SHOWER).add(rowsof.shower_row(event, trigger))
+            if "core_x" in sim and self._subarray:
+                kind = "simulation/event/telescope/impact/tel_NNN"
+                for tel_id, row in rowsof.impact_rows(event, self._subarray, kind,
+                                                      "true_impact_distance", sim["core_x"],
+                                                      sim["core_y"], sim["alt"], sim["az"],
+                                                      uncert=0.0):
+                    self.buffer(f"/simulation/event/telescope/impact/tel_{tel_id:03d}", kind).add(row)
         for tel_id, tel in (event.get("tels") or {}).items():
-            tel_ids = dict(ids, tel_id=np.int16(tel_id))
-            name = f"tel_{int(tel_id):03d}"
-            if self.write_parameters and tel.get("params"):
-                params = tel["params"]
-                self.buffer(f"{PARAMS_PATH}/{name}", {k: param_unit(k) for k in params}).add(
-                    dict(tel_ids, **params))
-            if self.write_images and "image" in tel:
-                image = np.asarray(tel["image"], dtype=np.float32)
-                row = dict(tel_ids, image=image,
-                           peak_time=np.asarray(tel.get("peak_time", np.zeros_like(image)),
-                                                dtype=np.float32),
-                           image_mask=np.asarray(tel.get("mask", np.zeros(len(image), bool)),
-                                                 dtype=bool))
-                self.buffer(f"{IMAGES_PATH}/{name}", {"peak_time": "ns"}).add(row)
-            if self.write_images and "true_image" in tel:
-                self.buffer(f"{TRUE_IMAGES_PATH}/{name}").add(
-                    dict(tel_ids, true_image=np.asarray(tel["true_image"], dtype=np.int32)))
+            self._write_tel(event, int(tel_id), tel, bool(sim))
+
+    def _write_tel(self, event: dict, tel_id: int, tel: dict, is_sim: bool) -> None:
+        name = f"tel_{tel_id:03d}"
+        if self.write_parameters and tel.get("params"):
+            self.buffer(f"{PARAMS_PATH}/{name}", rowsof.PARAMS).add(
+                rowsof.parameter_row(event, tel_id, tel["params"]))
+        if is_sim:
+            self.buffer(f"{TRUE_IMAGES_PATH}/{name}", "simulation/event/telescope/images/tel_NNN"
+                        ).add(rowsof.true_image_row(event, tel_id, tel, self.write_images))
+        if self.write_images and "image" in tel:
+            image = np.asarray(tel["image"], dtype=np.float32)
+            row = np.zeros(1, dtype=[("obs_id", "<i4"), ("event_id", "<i8"), ("tel_id", "<i2"),
+                                     ("image", "<f4", image.shape), ("peak_time", "<f4", image.shape),
+                                     ("image_mask", "?", image.shape)])
+            row["obs_id"], row["event_id"], row["tel_id"] = event["obs_id"], event["event_id"], tel_id
+            row["image"] = image
+            row["peak_time"] = tel.get("peak_time", np.zeros_like(image))
+            row["image_mask"] = tel.get("mask", np.zeros(len(image), bool))
+            self.buffer(f"{IMAGES_PATH}/{name}", "", cls=ImageBuffer).add(row)
+
+    def _note_pointing(self, event: dict) -> None:
+        for tel_id, tel in (event.get("tels") or {}).items():
+            key = (int(event["obs_id"]), int(tel_id))
+            if key not in self._pointings:
+                pointing = tel.get("pointing") or event.get("pointing")
+                if pointing:
+                    self._pointings[key] = (pointing["az"], pointing["alt"])
 
     def flush(self) -> None:
         """Append every buffered row, then the keys of the events they hold."""
@@ -290,7 +247,7 @@ class HDF5Writer(Consumer):
             buf.flush()
         if self._pending_keys:
             if KEYS_PATH not in self._h5:
-                self._h5.create_table("/flow", "keys", np.dtype([("key", "S128")]),
+                self._h5.create_table(FLOW_GROUP, "keys", np.dtype([("key", "S128")]),
                                       createparents=True, filters=FILTERS)
             keys = np.array([(k.encode(),) for k in self._pending_keys], dtype=[("key", "S128")])
             self._h5.get_node(KEYS_PATH).append(keys)
@@ -302,54 +259,128 @@ class HDF5Writer(Consumer):
             return
         try:
             self.flush()
+            self._write_configuration()
             self._write_provenance()
         finally:
             self._h5.close()
             self._h5 = None
 
+    def _write_configuration(self) -> None:
+        h5, sim = self._h5, self._simulation
+        config.write_pointing(h5, {k: v for k, v in self._pointings.items()
+                                   if f"/configuration/telescope/pointing/tel_{k[1]:03d}" not in h5},
+                              CTAPIPE_FILTERS)
+        obs = sim.get("observation")
+        if obs and "/" + config.OB not in h5:
+            config.write_observation(h5, obs, CTAPIPE_FILTERS)
+        obs_id = int(obs["obs_id"]) if obs else min(self._obs_ids, default=0)
+        if sim.get("run") and "/" + config.RUN not in h5:
+            run = dict(sim["run"])
+            if sim.get("thrown_key"):  # toy: the showers drawn for the events of this run
+                run["n_showers"] = self._n_thrown
+            config.write_simulation_run(h5, obs_id, run, CTAPIPE_FILTERS)
+        dist = sim.get("shower_distribution")
+        if dist is None and sim.get("thrown_key"):
+            from .toy_simconfig import shower_distribution
+
+            dist = shower_distribution(self._n_thrown)
+        if dist is not None and "/" + config.SHOWER_DISTRIBUTION not in h5:
+            config.write_shower_distribution(h5, obs_id, dist, CTAPIPE_FILTERS)
+        config.write_product_metadata(h5, config.product_metadata(
+            activity="flow run", software_version=versions().get("flow", "unknown"),
+            start=self._start, data_levels=list(self.data_levels),
+            subarray_name=self._subarray.get("name", "unknown"), obs_ids=sorted(self._obs_ids),
+            is_simulation=bool(sim.get("run")) or SHOWER_PATH in h5))
+
     def _write_provenance(self) -> None:
-        inputs = (self.context.get("provenance") or {}).get("input_files", [])
+        inputs = ((self.context or {}).get("provenance") or {}).get("input_files", [])
         record = np.array([(self._start.encode(), datetime.now(UTC).isoformat().encode(),
                             json.dumps(versions()).encode(), json.dumps(list(inputs)).encode(),
-                            self._n_rows, type(self).__name__.encode())],
+                            self._n_rows, type(self).__name__.encode(),
+                            json.dumps(self.output_notes()).encode())],
                           dtype=[("start_time", "S40"), ("stop_time", "S40"), ("versions", "S1024"),
-                                 ("input_files", "S4096"), ("n_events", "i8"), ("writer", "S32")])
+                                 ("input_files", "S4096"), ("n_events", "i8"), ("writer", "S32"),
+                                 ("notes", "S2048")])
         if PROVENANCE_PATH not in self._h5:
-            self._h5.create_table("/configuration/provenance", "runs", record.dtype,
-                                  createparents=True, chunkshape=(4,))
+            self._h5.create_table(FLOW_GROUP, "provenance", record.dtype, createparents=True,
+                                  chunkshape=(4,))
         self._h5.get_node(PROVENANCE_PATH).append(record)
+
+    def output_notes(self) -> dict:
+        """What the provenance row says about the columns (e.g. toy estimates); none here."""
+        return {}
 
 
 class DL1Writer(HDF5Writer):
-    """DL1 (parameters, optionally images) and simulation truth, ctapipe layout."""
+    """DL1 (parameters, optionally images), trigger and simulation truth, ctapipe's data model."""
 
 
 class DL2Writer(HDF5Writer):
-    """DL2 (geometry, energy, classification) plus DL1 parameters and truth, ctapipe layout."""
+    """DL2 (geometry, energy, classification) plus DL1 parameters and truth, ctapipe's data model.
+
+    ``energy_algorithm`` and ``classification_algorithm`` name the tables and column prefixes:
+    ``ApplyModels`` (stages.models) sets the names of the models it applied, the toy estimates of
+    stages.selection are written as ``ToyEnergyEstimate`` / ``ToyGammaSelection`` unless renamed.
+    """
 
     geometry_algorithm = Param(str, "HillasReconstructor", "name of the geometry table/prefix")
-    energy_algorithm = Param(str, "FlowEnergyRegressor", "name of the energy table/prefix")
-    classification_algorithm = Param(str, "FlowClassifier", "name of the classification prefix")
+    energy_algorithm = Param(str, "", "energy table/prefix (default: the event's "
+                             "dl2['energy_algorithm'], else ToyEnergyEstimate)")
+    classification_algorithm = Param(str, "", "classification table/prefix (default: the event's "
+                                     "dl2['classification_algorithm'], else ToyGammaSelection)")
+    data_levels = ("DL1_PARAMETERS", "DL2")
 
-    def write_event(self, event: dict, ids: dict) -> None:
-        super().write_event(event, ids)
+    def setup(self) -> None:
+        super().setup()
+        self._algorithms_written: dict[str, str] = {}
+
+    def write_event(self, event: dict) -> None:
+        super().write_event(event)
         dl2 = event.get("dl2")
         if not dl2:
             return
         algo = self.geometry_algorithm
-        row = dict(ids, **{f"{algo}_{k}": dl2[k] for k in _GEOMETRY if k in dl2})
-        if "telescopes" in dl2 and self._tel_ids:
-            row[f"{algo}_telescopes"] = np.isin(self._tel_ids, np.asarray(dl2["telescopes"]))
-        self.buffer(f"/dl2/event/subarray/geometry/{algo}",
-                    {f"{algo}_{k}": u for k, u in _GEOMETRY.items()}).add(row)
+        if "alt" in dl2:
+            self.buffer(f"/dl2/event/subarray/geometry/{algo}", rowsof.GEOMETRY, algo).add(
+                rowsof.geometry_row(event, algo, self._tel_ids))
+            if self._subarray:
+                self._write_impact(event, algo)
+        for g_algo, geometry in (dl2.get("geometries") or {}).items():  # e.g. disp (ApplyModels)
+            self.buffer(f"/dl2/event/subarray/geometry/{g_algo}", rowsof.GEOMETRY, g_algo).add(
+                rowsof.geometry_row(dict(event, dl2=geometry), g_algo, self._tel_ids))
         if "energy" in dl2:
-            e_algo = self.energy_algorithm
-            valid = dl2.get("energy_valid", np.isfinite(dl2["energy"]))
-            self.buffer(f"/dl2/event/subarray/energy/{e_algo}", {f"{e_algo}_energy": "TeV"}).add(
-                dict(ids, **{f"{e_algo}_energy": float(dl2["energy"]),
-                             f"{e_algo}_is_valid": bool(valid)}))
+            e_algo = self.energy_algorithm or dl2.get("energy_algorithm", "ToyEnergyEstimate")
+            self._algorithms_written["energy"] = e_algo
+            self.buffer(f"/dl2/event/subarray/energy/{e_algo}", rowsof.ENERGY, e_algo).add(
+                rowsof.energy_row(event, e_algo, self._tel_ids))
         if "gammaness" in dl2:
-            c_algo = self.classification_algorithm
-            self.buffer(f"/dl2/event/subarray/classification/{c_algo}").add(
-                dict(ids, **{f"{c_algo}_prediction": float(dl2["gammaness"]),
-                             f"{c_algo}_is_valid": bool(np.isfinite(dl2["gammaness"]))}))
+            c_algo = (self.classification_algorithm
+                      or dl2.get("classification_algorithm", "ToyGammaSelection"))
+            self._algorithms_written["classification"] = c_algo
+            self.buffer(f"/dl2/event/subarray/particle_type/{c_algo}", rowsof.CLASSIFICATION,
+                        c_algo).add(rowsof.classification_row(event, c_algo, self._tel_ids))
+
+    def _write_impact(self, event: dict, algo: str) -> None:
+        dl2 = event["dl2"]
+        kind = "dl2/event/telescope/impact/{algo}/tel_NNN"
+        for tel_id, row in rowsof.impact_rows(event, self._subarray, kind,
+                                              f"{algo}_tel_impact_distance", dl2["core_x"],
+                                              dl2["core_y"], np.deg2rad(dl2["alt"]),
+                                              np.deg2rad(dl2["az"]), algo):
+            self.buffer(f"/dl2/event/telescope/impact/{algo}/tel_{tel_id:03d}", kind, algo).add(row)
+
+    def _write_configuration(self) -> None:
+        super()._write_configuration()
+        for kind, algo in self._algorithms_written.items():
+            path = f"/dl2/event/subarray/{'particle_type' if kind == 'classification' else kind}/{algo}"
+            if algo.startswith("Toy") and path in self._h5:
+                self._h5.get_node(path)._v_attrs["FLOW_ESTIMATE"] = (
+                    "toy estimate (stages.selection placeholder formula), not a trained model")
+
+    def output_notes(self) -> dict:
+        toy = {kind: algo for kind, algo in getattr(self, "_algorithms_written", {}).items()
+               if algo.startswith("Toy")}
+        if not toy:
+            return {}
+        return {"toy_estimates": toy, "note": "placeholder formulas of stages.selection, "
+                "not trained models: use stages.models.ApplyModels for an analysis"}

@@ -34,6 +34,7 @@ from flow.graph.params import Param
 from flow.graph.step import Keyed, Producer, Stager
 
 from .geometry import hex_camera, square_camera
+from .toy_simconfig import simulation_context
 
 GAMMA, PROTON = 0, 101
 POINTING_ALT_DEG, POINTING_AZ_DEG = 70.0, 0.0
@@ -63,7 +64,8 @@ def toy_subarray(n_tels: int, camera: str, n_samples: int) -> dict:
         tels[i + 1] = {
             "position": np.array([x, y, 0.0]),
             "optics": {"name": f"Toy{kind.title()}Optics", "focal_length": focal,
-                       "equivalent_focal_length": focal, "effective_focal_length": focal},
+                       "equivalent_focal_length": focal, "effective_focal_length": focal,
+                       "mirror_area": 100.0 if kind == "hex" else 8.0},
             "camera": cams[kind],
             "n_gains": 1,
             "n_samples": n_samples,
@@ -143,8 +145,9 @@ def draw_event(seed: int, index: int, subarray: Mapping, gamma_fraction: float =
     rng = np.random.default_rng((seed, index))
     is_gamma = rng.random() < gamma_fraction
     extents = {tel_id: camera_extent(tel) for tel_id, tel in subarray["tels"].items()}
-    for _ in range(1000):
+    for attempt in range(1, 1001):
         shower = draw_shower(rng, is_gamma)
+        shower["n_thrown"] = attempt  # showers drawn for this event (stages.io.toy_simconfig)
         tels = {}
         for tel_id, tel in subarray["tels"].items():
             ell = {k: float(v) for k, v in ellipse_model(shower, tel, rng).items()}
@@ -245,7 +248,10 @@ class ToyEventSource(Producer):
 
     def publish_context(self) -> dict:
         return {"subarray": toy_subarray(self.n_tels, self.camera, self.n_samples),
-                "provenance": {"input_files": [], "generator": f"ToyEventSource seed={self.seed}"}}
+                "provenance": {"input_files": [], "generator": f"ToyEventSource seed={self.seed}"},
+                "simulation": simulation_context(self.obs_id, np.deg2rad(POINTING_ALT_DEG),
+                                                 np.deg2rad(POINTING_AZ_DEG),
+                                                 self.gamma_fraction < 1, 2000.0)}
 
     def total(self) -> int | None:
         return self.n_events or None
