@@ -17,7 +17,7 @@ import psutil
 import pytest
 
 from flow.engine.run import RunOptions, run
-from flow.observe.summary import EXIT_ABORTED, EXIT_OK, EXIT_PARTIAL
+from flow.observe.summary import EXIT_ABORTED, EXIT_FAILED, EXIT_OK, EXIT_PARTIAL
 from tests.steps import read_jsonl
 from tests.test_engine_e2e import load
 
@@ -355,3 +355,143 @@ def test_one_percent_failing_then_flow_replay_delivers_them(tmp_path):
     assert again.returncode == 0, again.stderr.decode()[-2000:]
     final = counts(tmp_path / "out.jsonl")
     assert set(final) == {str(i) for i in range(1000)} and max(final.values()) == 1
+
+
+# --- chaos: kill anything, any time, lose nothing (flow/engine/restart.py) -----------------------
+
+def chaos(graph, tmp_path, every_s: float, steps: tuple, seed: int = 1, **options):
+    """Run ``graph`` while a thread kill -9s one live worker of ``steps`` (starting or ready,
+    chosen at random) every ``every_s`` seconds for the whole run. Returns (summary, kills as
+    ``(t, step, state)``, wall seconds); the kills are printed for the record (pytest -s)."""
+    rng = random.Random(seed)
+    kills: list = []
+    t0 = time.monotonic()
+
+    def body(router):
+        victims = [w for w in list(router.workers.values())
+                   if w.step in steps and w.state in ("starting", "ready")
+                   and w.handle is not None and w.handle.process is not None
+                   and w.handle.process.poll() is None]
+        if victims and router.state == "running":
+            v = rng.choice(victims)
+            try:
+                os.kill(v.handle.process.pid, signal.SIGKILL)
+                kills.append((round(time.monotonic() - t0, 2), v.step, v.state))
+            except ProcessLookupError:
+                pass
+
+    summary = run_watching(graph, tmp_path, every_s, body, **options)
+    wall = time.monotonic() - t0
+    states = collections.Counter(s for _, _, s in kills)
+    print(f"\nchaos {graph.name}: {len(kills)} kills in {wall:.1f} s ({dict(states)}), "
+          f"last at {kills[-1][0] if kills else '-'} s; restarts {summary.restarts}")
+    return summary, kills, wall
+
+
+def assert_exact(summary, keys, expected: set):
+    c = collections.Counter(keys)
+    assert set(c) == expected and max(c.values()) == 1, "each event exactly once"
+    assert summary.produced == len(expected), "nothing produced twice"
+    assert sum(summary.unique_consumed.values()) == len(expected)
+    assert summary.dead_letter == 0 and summary.exit_code == EXIT_OK, summary.failures
+
+
+def test_chaos_kill_9_any_stager_worker_starting_or_ready_3_per_s(tmp_path):
+    graph = load(tmp_path, """
+        name: chaos-stagers
+        steps:
+          - {name: read, use: "tests.steps:Counter", with: {n: 3000}, to: [work]}
+          - {name: work, use: "tests.steps:Sleep", with: {ms: 2}, workers: 2, to: [add]}
+          - {name: add, use: "tests.steps:AddOne", workers: 2, to: [more]}
+          - {name: more, use: "tests.steps:AddOne", to: [write]}
+          - {name: write, use: "tests.steps:ListConsumer", with: {path: OUT/out.jsonl}}
+        router: {dead_letter: OUT/dl.jsonl, max_retries: 5, heartbeat_s: 0.5}
+        """)
+    summary, kills, _ = chaos(graph, tmp_path, 0.33, ("work", "add", "more"))
+    assert len(kills) >= 10 and any(s == "starting" for _, _, s in kills), kills
+    rows = read_jsonl(str(tmp_path / "out.jsonl"))
+    assert_exact(summary, [r["key"] for r in rows], {str(i) for i in range(3000)})
+    assert all(r["event"]["value"] == r["event"]["i"] + 2 for r in rows)
+    assert sum(summary.restarts.values()) == len(kills)
+
+
+def test_chaos_kill_9_the_producer_every_2_s_resumes_after_its_last_event(tmp_path):
+    graph = load(tmp_path, """
+        name: chaos-producer
+        steps:
+          - name: read
+            use: stages.io.toy:ToyEventSource
+            with: {n_events: 2000, seed: 1, n_tels: 2, with_waveforms: false}
+            to: [work]
+          - {name: work, use: "tests.steps:Sleep", with: {ms: 4}, to: [write]}
+          - {name: write, use: "tests.engine_steps:SlowCount", with: {ms: 0, path: OUT/keys.txt}}
+        router: {dead_letter: OUT/dl.jsonl, queue_limit: 200}
+        """)
+    summary, kills, _ = chaos(graph, tmp_path, 2.0, ("read",))
+    assert len(kills) >= 3, kills
+    keys = (tmp_path / "keys.txt").read_text().split()
+    assert_exact(summary, keys, {f"1:{i}" for i in range(1, 2001)})
+    assert summary.restarts == {"read": len(kills)}
+
+
+def test_chaos_kill_9_the_consumer_every_1_5_s(tmp_path):
+    graph = load(tmp_path, """
+        name: chaos-consumer
+        steps:
+          - {name: read, use: "tests.steps:Counter", with: {n: 3000}, to: [work]}
+          - {name: work, use: "tests.steps:Sleep", with: {ms: 2}, workers: 2, to: [write]}
+          - {name: write, use: "tests.steps:ListConsumer", with: {path: OUT/out.jsonl}}
+        router: {dead_letter: OUT/dl.jsonl, max_retries: 5}
+        """)
+    summary, kills, _ = chaos(graph, tmp_path, 1.5, ("write",))
+    assert len(kills) >= 3, kills
+    rows = read_jsonl(str(tmp_path / "out.jsonl"))
+    assert_exact(summary, [r["key"] for r in rows], {str(i) for i in range(3000)})
+
+
+def test_a_producer_that_is_not_replayable_ends_the_run_pointing_at_resume(tmp_path):
+    graph = load(tmp_path, """
+        name: live
+        steps:
+          - {name: read, use: "tests.steps:Counter", with: {n: 100000}, to: [write]}
+          - {name: write, use: "tests.steps:ListConsumer", with: {path: OUT/out.jsonl}}
+        router: {dead_letter: OUT/dl.jsonl}
+        """)
+    done = []
+
+    def body(router):
+        if not done and router.produced > 100:
+            w = next(w for w in router.workers.values() if w.step == "read")
+            os.kill(w.handle.process.pid, signal.SIGKILL)
+            done.append(w)
+
+    summary = run_watching(graph, tmp_path, 0.05, body)
+    assert done and summary.exit_code == EXIT_FAILED
+    assert len(summary.failures) == 1, summary.failures
+    assert "producer 'read'" in summary.failures[0] and "killed by SIGKILL" in summary.failures[0]
+    assert "not replayable" in summary.failures[0] and "--resume" in summary.failures[0]
+
+
+def test_setup_error_fails_fast_with_traceback_in_the_stream_and_no_consequences(tmp_path):
+    graph = load(tmp_path, """
+        name: setup
+        steps:
+          - {name: read, use: "tests.steps:Counter", with: {n: 100000}, to: [calib]}
+          - {name: calib, use: "tests.engine_steps:FailSetup", workers: 2, to: [write]}
+          - {name: write, use: "tests.steps:ListConsumer", with: {path: OUT/out.jsonl}}
+        router: {dead_letter: OUT/dl.jsonl}
+        """)
+    t0 = time.monotonic()
+    stats = tmp_path / "stats.jsonl"
+    summary = run(graph, RunOptions(quiet=True, run_dir=str(tmp_path / "run"),
+                                    stats_jsonl=str(stats)))
+    assert time.monotonic() - t0 < 20
+    assert summary.exit_code == EXIT_FAILED
+    # one reason: the producer killed by the abort is not a failure of its own
+    assert len(summary.failures) == 1, summary.failures
+    assert "step 'calib' failed in setup" in summary.failures[0]
+    records = [json.loads(x) for x in stats.read_text().splitlines()]
+    assert records[-1]["state"] == "failed" and records[-1]["failures"] == summary.failures
+    fail = [d for r in records for d in r["restarts"] if d["action"] == "fail"]
+    assert fail and fail[0]["step"] == "calib" and fail[0]["cause"] == "setup"
+    assert "Traceback" in fail[0]["traceback"] and "calibration table missing" in fail[0]["traceback"]

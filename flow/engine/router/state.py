@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass, field
 
 from flow.engine.launcher import Handle
+from flow.engine.restart import RestartState
 from flow.errors import ProtocolError
 from flow.graph.model import StepSpec
 from flow.wire import protocol as P
@@ -127,8 +128,12 @@ class StepState:
     dead: int = 0
     busy_s: float = 0.0
     latencies: collections.deque = field(default_factory=lambda: collections.deque(maxlen=2000))
-    start_failures: int = 0
     spawned: int = 0                 # workers started so far (a consumer after the first replaces one)
+    restart: RestartState = field(default_factory=RestartState)   # flow/engine/restart.py
+    restarts: int = 0                # workers replaced after a loss
+    pending: int = 0                 # replacements decided, waiting for their back-off
+    replayable: bool = False         # a producer that said so in its READY
+    resume_from: int = 0             # a producer: position after the last event accepted from it
 
     @property
     def kind(self) -> str:
