@@ -359,20 +359,23 @@ def test_one_percent_failing_then_flow_replay_delivers_them(tmp_path):
 
 # --- chaos: kill anything, any time, lose nothing (flow/engine/restart.py) -----------------------
 
-def chaos(graph, tmp_path, every_s: float, steps: tuple, seed: int = 1, **options):
-    """Run ``graph`` while a thread kill -9s one live worker of ``steps`` (starting or ready,
-    chosen at random) every ``every_s`` seconds for the whole run. Returns (summary, kills as
-    ``(t, step, state)``, wall seconds); the kills are printed for the record (pytest -s)."""
+def chaos(graph, tmp_path, every_s: float, steps: tuple, seed: int = 1,
+          states: tuple = ("starting", "ready"), **options):
+    """Run ``graph`` while a thread kill -9s one live worker of ``steps`` in one of ``states``
+    (chosen at random) every ``every_s`` seconds, from the first event produced to the end of
+    the run (before it, on a loaded machine, no process of a graph starting all at once would
+    live long enough to become ready). Returns (summary, kills as ``(t, step, state)``, wall
+    seconds); the kills are printed for the record (pytest -s)."""
     rng = random.Random(seed)
     kills: list = []
     t0 = time.monotonic()
 
     def body(router):
         victims = [w for w in list(router.workers.values())
-                   if w.step in steps and w.state in ("starting", "ready")
+                   if w.step in steps and w.state in states
                    and w.handle is not None and w.handle.process is not None
                    and w.handle.process.poll() is None]
-        if victims and router.state == "running":
+        if victims and router.state == "running" and router.produced:
             v = rng.choice(victims)
             try:
                 os.kill(v.handle.process.pid, signal.SIGKILL)
@@ -401,9 +404,9 @@ def test_chaos_kill_9_any_stager_worker_starting_or_ready_3_per_s(tmp_path):
         name: chaos-stagers
         steps:
           - {name: read, use: "tests.steps:Counter", with: {n: 3000}, to: [work]}
-          - {name: work, use: "tests.steps:Sleep", with: {ms: 2}, workers: 2, to: [add]}
-          - {name: add, use: "tests.steps:AddOne", workers: 2, to: [more]}
-          - {name: more, use: "tests.steps:AddOne", to: [write]}
+          - {name: work, use: "tests.steps:Sleep", with: {ms: 3}, workers: 3, to: [add]}
+          - {name: add, use: "tests.steps:AddOne", workers: 3, to: [more]}
+          - {name: more, use: "tests.steps:AddOne", workers: 3, to: [write]}
           - {name: write, use: "tests.steps:ListConsumer", with: {path: OUT/out.jsonl}}
         router: {dead_letter: OUT/dl.jsonl, max_retries: 5, heartbeat_s: 0.5}
         """)
@@ -412,7 +415,8 @@ def test_chaos_kill_9_any_stager_worker_starting_or_ready_3_per_s(tmp_path):
     rows = read_jsonl(str(tmp_path / "out.jsonl"))
     assert_exact(summary, [r["key"] for r in rows], {str(i) for i in range(3000)})
     assert all(r["event"]["value"] == r["event"]["i"] + 2 for r in rows)
-    assert sum(summary.restarts.values()) == len(kills)
+    # every kill is replaced, but for one that came after its step had ended its stream
+    assert len(kills) - 3 <= sum(summary.restarts.values()) <= len(kills)
 
 
 def test_chaos_kill_9_the_producer_every_2_s_resumes_after_its_last_event(tmp_path):
@@ -427,7 +431,8 @@ def test_chaos_kill_9_the_producer_every_2_s_resumes_after_its_last_event(tmp_pa
           - {name: write, use: "tests.engine_steps:SlowCount", with: {ms: 0, path: OUT/keys.txt}}
         router: {dead_letter: OUT/dl.jsonl, queue_limit: 200}
         """)
-    summary, kills, _ = chaos(graph, tmp_path, 2.0, ("read",))
+    # a producer killed while starting has sent nothing: kill it once it streams
+    summary, kills, _ = chaos(graph, tmp_path, 2.0, ("read",), states=("ready",))
     assert len(kills) >= 3, kills
     keys = (tmp_path / "keys.txt").read_text().split()
     assert_exact(summary, keys, {f"1:{i}" for i in range(1, 2001)})

@@ -79,6 +79,8 @@ class WorkerLifecycle:
 
     def on_ready(self, w: WorkerState, msg: P.Message) -> None:
         st = self.steps[w.step]
+        log.info("worker %s of step '%s' ready after %.2f s", w.id.decode(errors="replace"),
+                 w.step, time.monotonic() - w.started_t)
         st.restart = restart.on_ready(st.restart)
         if st.kind == "producer":
             st.replayable = msg.envelope.get("replayable") is True

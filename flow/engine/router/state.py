@@ -75,6 +75,7 @@ class WorkerState:
     state: str = "starting"          # starting, ready, retiring, eos, dying, done, dead
     leases: dict = field(default_factory=dict)     # lease id -> (Batch, t0)
     last_seen: float = field(default_factory=time.monotonic)
+    started_t: float = field(default_factory=time.monotonic)   # when it was started (or said HELLO)
     last_sent: float = 0.0           # when the router last sent to it (heartbeats fill gaps)
     exited_at: float = 0.0           # when its process was seen gone (state "dying")
     died_state: str = ""             # its state then
