@@ -500,3 +500,52 @@ def test_setup_error_fails_fast_with_traceback_in_the_stream_and_no_consequences
     fail = [d for r in records for d in r["restarts"] if d["action"] == "fail"]
     assert fail and fail[0]["step"] == "calib" and fail[0]["cause"] == "setup"
     assert "Traceback" in fail[0]["traceback"] and "calibration table missing" in fail[0]["traceback"]
+
+
+# --- small things: a truncated input, the temporary run directory -------------------------------
+
+def test_a_truncated_input_file_is_named_in_the_summary_and_the_stream(tmp_path):
+    from stages.datasets import resolve_path
+    try:
+        src = resolve_path("dataset:gamma_test.simtel.gz")
+    except Exception as exc:   # no data directory, cache or download here
+        pytest.skip(f"gamma_test.simtel.gz not available: {exc}")
+    import gzip
+    raw = gzip.open(src).read()
+    cut = tmp_path / "cut.simtel"
+    cut.write_bytes(raw[: int(len(raw) * 0.95)])
+    graph = load(tmp_path, f"""
+        name: cut
+        steps:
+          - {{name: read, use: "stages.io.simtel:SimtelSource", with: {{path: {cut}}}, to: [write]}}
+          - {{name: write, use: "tests.engine_steps:SlowCount", with: {{ms: 0, path: OUT/keys.txt}}}}
+        router: {{dead_letter: OUT/dl.jsonl}}
+        """)
+    stats = tmp_path / "stats.jsonl"
+    summary = run(graph, RunOptions(quiet=True, run_dir=str(tmp_path / "run"),
+                                    stats_jsonl=str(stats)))
+    keys = (tmp_path / "keys.txt").read_text().split()
+    assert summary.produced == len(keys) > 0      # what was read went through
+    # the run ends normally (what was read is kept), and says where the file was cut
+    assert summary.exit_code == EXIT_OK and len(summary.warnings) == 1, summary
+    last = keys[-1].split(":")[1]
+    assert "cut.simtel" in summary.warnings[0] and f"after event {last}" in summary.warnings[0]
+    record = json.loads(stats.read_text().splitlines()[-1])
+    assert record["state"] == "finished" and record["warnings"] == summary.warnings
+
+
+def test_a_run_leaves_no_temporary_directory(tmp_path, monkeypatch):
+    import tempfile
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
+    graph = load(tmp_path, """
+        name: tidy
+        steps:
+          - {name: read, use: "tests.steps:Counter", with: {n: 20}, to: [write]}
+          - {name: write, use: "tests.steps:ListConsumer", with: {path: OUT/out.jsonl}}
+        router: {dead_letter: OUT/dl.jsonl}
+        """)
+    summary = run(graph, RunOptions(quiet=True))
+    assert summary.exit_code == EXIT_OK and len(counts(tmp_path / "out.jsonl")) == 20
+    assert list(tmp.iterdir()) == []

@@ -205,7 +205,7 @@ def _run_in(run_dir: Path, graph: Graph, context: dict, total: int | None,
         eos_exit_s=(router.finished_t - router.last_event_t) if router.last_event_t else None,
         workers_started=router.workers_started, workers_retired=router.workers_retired,
         rejected=router.rejected, state=router.state,
-        failures=router.failure_reasons(),
+        failures=router.failure_reasons(), warnings=list(router.input_warnings),
         restarts={name: st.restarts for name, st in router.steps.items() if st.restarts},
         dead_letter_file=str(router.dead_letter.path) if router.dead_letter.count else None,
     )

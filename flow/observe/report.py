@@ -66,6 +66,7 @@ def outcome_text(records: list[dict]) -> str:
     lines = [f"run {records[-1].get('run_id', '?')}: {state}, {records[-1].get('produced', 0)} "
              f"events produced"]
     lines += [f"failure: {f}" for f in failures]
+    lines += [f"warning: {w}" for w in records[-1].get("warnings") or []]
     t0 = records[0].get("t") or 0.0
     lines += [f"restart: {d.get('t', t0) - t0:7.2f} s  step '{d.get('step')}' "
               f"{d.get('action')} ({d.get('cause')}): {d.get('reason')}" for d in restarts]
@@ -73,7 +74,7 @@ def outcome_text(records: list[dict]) -> str:
 
 
 def make_report(path: str | Path, out_dir: str | Path) -> list[Path]:
-    """Write the plots of ``path`` into ``out_dir``; return the files written."""
+    """Write the plots of ``path`` into ``out_dir`` (and ``outcome.txt``); return the plots."""
     import matplotlib  # noqa: PLC0415 - optional dependency, imported when used
 
     matplotlib.use("Agg")
@@ -86,8 +87,8 @@ def make_report(path: str | Path, out_dir: str | Path) -> list[Path]:
     t0 = records[0].get("t") or 0.0
     run = records[-1].get("run_id", "?")
     state, failures, restarts = outcome(records)
-    written = [out / "outcome.txt"]
-    written[0].write_text(outcome_text(records))
+    (out / "outcome.txt").write_text(outcome_text(records))
+    written = []
     for field, ylabel, name in (("rate", "rate (events/s)", "rate.png"),
                                 ("queue", "queue depth (events)", "queue.png"),
                                 ("workers", "workers", "workers.png")):
@@ -135,9 +136,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for f in files:
         print(f)
-    _, failures, _ = outcome(read_stats(args.jsonl))
+    print(Path(args.out) / "outcome.txt")
+    state, failures, _ = outcome(read_stats(args.jsonl))
     for reason in failures:
-        print(f"failure: {reason}")
+        print(f"{state}: {reason}")
     return 0
 
 

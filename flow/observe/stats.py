@@ -63,8 +63,8 @@ def stats_record(router, meter: RateMeter, run_id: str, total: int | None = None
                  decisions: list | None = None, dead_letters: list | None = None,
                  restarts: list | None = None) -> dict:
     """One stats record (docs/monitoring.md) describing the router now: ``decisions`` of the
-    scaler, ``restarts`` of the restart policy since the last record, and ``failures``, every
-    reason the run is failing (the same list as the summary's)."""
+    scaler, ``restarts`` of the restart policy since the last record, ``failures``, every
+    reason the run is failing, and ``warnings``, inputs cut short (the summary's lists)."""
     now = time.monotonic()
     steps = {name: step_record(router, st, meter, now) for name, st in router.steps.items()}
     stagers = [(rec["busy"], name) for name, rec in steps.items()
@@ -91,4 +91,5 @@ def stats_record(router, meter: RateMeter, run_id: str, total: int | None = None
         "decisions": decisions or [], "dead_letters": dead_letters or [],
         "restarts": restarts or [],
         "failures": router.failure_reasons() if hasattr(router, "failure_reasons") else [],
+        "warnings": list(getattr(router, "input_warnings", [])),
     }

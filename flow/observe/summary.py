@@ -39,6 +39,7 @@ class RunSummary:
     state: str = "finished"
     failures: list[str] = field(default_factory=list)
     restarts: dict[str, int] = field(default_factory=dict)   # workers replaced after a loss
+    warnings: list[str] = field(default_factory=list)        # inputs cut short (file, last event)
     exit_code: int = EXIT_OK
     dead_letter_file: str | None = None
 

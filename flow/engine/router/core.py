@@ -99,6 +99,7 @@ class Router(WorkerLifecycle, CreditAndLeasing, AckHandling, EndOfStream, Shared
         self.failure: Exception | None = None
         self.step_failures: list[str] = []
         self.restart_decisions: list[dict] = []   # since the last statistics record
+        self.input_warnings: list[str] = []       # producers' inputs cut short (file, last event)
         self.workers_started = 0
         self.workers_retired = 0
         self.last_event_t = 0.0

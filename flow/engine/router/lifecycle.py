@@ -96,7 +96,7 @@ class WorkerLifecycle:
 
     def on_eos(self, w: WorkerState, msg: P.Message) -> None:
         """A producer's stream ended; the warnings it sends (an input file cut short, naming
-        the file and the last event read) are failures of the run."""
+        the file and the last event read) go to the summary and the statistics stream."""
         st = self.steps[w.step]
         if st.kind != "producer":
             return
@@ -104,8 +104,8 @@ class WorkerLifecycle:
         if type(warned) is not list or not all(type(x) is str for x in warned):
             raise ProtocolError("malformed warnings in EOS")
         for text in warned[:20]:
-            self.step_failures.append(f"producer '{st.spec.name}': {text}")
-            log.error("producer '%s': %s", st.spec.name, text)
+            self.input_warnings.append(f"producer '{st.spec.name}': {text}")
+            log.warning("producer '%s': %s", st.spec.name, text)
         self._send(w, P.STOP, {})
         self.finish_step(st)
 
