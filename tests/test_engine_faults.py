@@ -482,7 +482,8 @@ def test_setup_error_fails_fast_with_traceback_in_the_stream_and_no_consequences
         name: setup
         steps:
           - {name: read, use: "tests.steps:Counter", with: {n: 100000}, to: [calib]}
-          - {name: calib, use: "tests.engine_steps:FailSetup", workers: 2, to: [write]}
+          - {name: calib, use: "tests.engine_steps:FailSetup", workers: {min: 2, max: 3},
+             to: [write]}
           - {name: write, use: "tests.steps:ListConsumer", with: {path: OUT/out.jsonl}}
         router: {dead_letter: OUT/dl.jsonl}
         """)
@@ -500,6 +501,11 @@ def test_setup_error_fails_fast_with_traceback_in_the_stream_and_no_consequences
     fail = [d for r in records for d in r["restarts"] if d["action"] == "fail"]
     assert fail and fail[0]["step"] == "calib" and fail[0]["cause"] == "setup"
     assert "Traceback" in fail[0]["traceback"] and "calibration table missing" in fail[0]["traceback"]
+    # and no process outlives the run (the scaler's last tick after a failure started a full set)
+    time.sleep(0.5)
+    workers = [p for p in psutil.Process().children(recursive=True)
+               if "flow.engine.worker" in " ".join(p.cmdline())]
+    assert workers == [], workers
 
 
 # --- small things: a truncated input, the temporary run directory -------------------------------

@@ -237,7 +237,8 @@ class WorkerLifecycle:
     def set_workers(self, name: str, n: int) -> None:
         """Scale a stager to ``n`` workers at run time (start or retire processes)."""
         st = self.steps[name]
-        if st.kind != "stager" or st.finished:
+        if st.kind != "stager" or st.finished or self._aborting_t or self.failure is not None \
+                or self.finished_t:   # (the last tick after a failed run must start nothing)
             return
         n = max(st.min_workers, min(st.max_workers, n))
         st.desired = n
