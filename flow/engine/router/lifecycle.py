@@ -150,7 +150,7 @@ class WorkerLifecycle:
             limit = hb * self.opts.liveness
             if w.leases or st.kind == "producer":  # busy in `process` (a producer: in its reads)
                 limit = max(limit, self.opts.stuck_timeout_s)
-            if w.state == "starting":
+            if w.state in ("starting", "eos"):   # in setup or teardown: no heartbeats then
                 limit = max(limit, 120.0)
             gone = w.handle is not None and not w.handle.alive()
             if gone and w.state != "dying":
