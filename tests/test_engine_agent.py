@@ -323,8 +323,10 @@ def test_agent_exits_on_sigterm_and_kills_workers():
         fake.send(ident, P.SPAWN, {"worker": "w.1", "step": "x"})
         fake.wait(lambda i, e: "w.1" in fake.hellos)
         pid = fake.hellos["w.1"]
+        t0 = time.monotonic()
         agent.send_signal(signal.SIGTERM)
         assert agent.wait(10) == 0
+        assert time.monotonic() - t0 < 3.0, "promptly: a Slurm step must end before its grace"
         assert _gone(pid, 3)
     finally:
         if agent.poll() is None:

@@ -17,7 +17,7 @@ import psutil
 import pytest
 
 from flow.engine.run import RunOptions, run
-from flow.observe.summary import EXIT_ABORTED, EXIT_OK, EXIT_PARTIAL
+from flow.observe.summary import EXIT_ABORTED, EXIT_FAILED, EXIT_OK, EXIT_PARTIAL
 from tests.steps import read_jsonl
 from tests.test_engine_e2e import load
 
@@ -355,3 +355,216 @@ def test_one_percent_failing_then_flow_replay_delivers_them(tmp_path):
     assert again.returncode == 0, again.stderr.decode()[-2000:]
     final = counts(tmp_path / "out.jsonl")
     assert set(final) == {str(i) for i in range(1000)} and max(final.values()) == 1
+
+
+# --- chaos: kill anything, any time, lose nothing (flow/engine/restart.py) -----------------------
+
+def chaos(graph, tmp_path, every_s: float, steps: tuple, seed: int = 1,
+          states: tuple = ("starting", "ready"), paced: bool = False, **options):
+    """Run ``graph`` while a thread kill -9s one live worker of ``steps`` in one of ``states``
+    (chosen at random) every ``every_s`` seconds, from the first event produced to the end of
+    the run (before it, on a loaded machine, no process of a graph starting all at once would
+    live long enough to become ready). ``paced``: on a machine so loaded that the graph took
+    more than 10 x ``every_s`` to start, kill every start-up time / 10 instead (a worker that
+    cannot start between two kills makes the step give up, by design). Returns (summary, kills
+    as ``(t, step, state)``, wall seconds); the kills are printed for the record (pytest -s)."""
+    rng = random.Random(seed)
+    kills: list = []
+    t0 = time.monotonic()
+    pace = {"every": every_s, "next": 0.0}
+
+    def body(router):
+        now = time.monotonic()
+        if not router.produced:
+            return
+        if not pace["next"]:         # the graph is up: how long did starting take here?
+            pace["every"] = max(every_s, (now - t0) / 10) if paced else every_s
+            pace["next"] = now
+        if now < pace["next"]:
+            return
+        pace["next"] += pace["every"]
+        victims = [w for w in list(router.workers.values())
+                   if w.step in steps and w.state in states
+                   and w.handle is not None and w.handle.process is not None
+                   and w.handle.process.poll() is None]
+        if victims and router.state == "running":
+            v = rng.choice(victims)
+            try:
+                os.kill(v.handle.process.pid, signal.SIGKILL)
+                kills.append((round(time.monotonic() - t0, 2), v.step, v.state))
+            except ProcessLookupError:
+                pass
+
+    summary = run_watching(graph, tmp_path, min(every_s, 0.1), body, **options)
+    wall = time.monotonic() - t0
+    states = collections.Counter(s for _, _, s in kills)
+    print(f"\nchaos {graph.name}: a kill every {pace['every']:.2f} s: "
+          f"{len(kills)} kills in {wall:.1f} s ({dict(states)}), "
+          f"last at {kills[-1][0] if kills else '-'} s; restarts {summary.restarts}")
+    return summary, kills, wall
+
+
+def assert_exact(summary, keys, expected: set):
+    c = collections.Counter(keys)
+    assert set(c) == expected and max(c.values()) == 1, "each event exactly once"
+    assert summary.produced == len(expected), "nothing produced twice"
+    assert sum(summary.unique_consumed.values()) == len(expected)
+    assert summary.dead_letter == 0 and summary.exit_code == EXIT_OK, summary.failures
+
+
+def test_chaos_kill_9_any_stager_worker_starting_or_ready_3_per_s(tmp_path):
+    graph = load(tmp_path, """
+        name: chaos-stagers
+        steps:
+          - {name: read, use: "tests.steps:Counter", with: {n: 6000}, to: [work]}
+          - {name: work, use: "tests.steps:Sleep", with: {ms: 3}, workers: 3, to: [add]}
+          - {name: add, use: "tests.steps:AddOne", workers: 3, to: [more]}
+          - {name: more, use: "tests.steps:AddOne", workers: 3, to: [write]}
+          - {name: write, use: "tests.steps:ListConsumer", with: {path: OUT/out.jsonl}}
+        router: {dead_letter: OUT/dl.jsonl, max_retries: 5, heartbeat_s: 0.5}
+        """)
+    summary, kills, _ = chaos(graph, tmp_path, 0.33, ("work", "add", "more"), paced=True)
+    assert len(kills) >= 10 and any(s == "starting" for _, _, s in kills), kills
+    rows = read_jsonl(str(tmp_path / "out.jsonl"))
+    assert_exact(summary, [r["key"] for r in rows], {str(i) for i in range(6000)})
+    assert all(r["event"]["value"] == r["event"]["i"] + 2 for r in rows)
+    # every kill is replaced, but for one that came after its step had ended its stream
+    assert len(kills) - 3 <= sum(summary.restarts.values()) <= len(kills)
+
+
+def test_chaos_kill_9_the_producer_every_2_s_resumes_after_its_last_event(tmp_path):
+    graph = load(tmp_path, """
+        name: chaos-producer
+        steps:
+          - name: read
+            use: stages.io.toy:ToyEventSource
+            with: {n_events: 2000, seed: 1, n_tels: 2, with_waveforms: false}
+            to: [work]
+          - {name: work, use: "tests.steps:Sleep", with: {ms: 4}, to: [write]}
+          - {name: write, use: "tests.engine_steps:SlowCount", with: {ms: 0, path: OUT/keys.txt}}
+        router: {dead_letter: OUT/dl.jsonl, queue_limit: 200}
+        """)
+    # a producer killed while starting has sent nothing: kill it once it streams
+    summary, kills, _ = chaos(graph, tmp_path, 2.0, ("read",), states=("ready",))
+    assert len(kills) >= 3, kills
+    keys = (tmp_path / "keys.txt").read_text().split()
+    assert_exact(summary, keys, {f"1:{i}" for i in range(1, 2001)})
+    assert summary.restarts == {"read": len(kills)}
+
+
+def test_chaos_kill_9_the_consumer_every_1_5_s(tmp_path):
+    graph = load(tmp_path, """
+        name: chaos-consumer
+        steps:
+          - {name: read, use: "tests.steps:Counter", with: {n: 3000}, to: [work]}
+          - {name: work, use: "tests.steps:Sleep", with: {ms: 2}, workers: 2, to: [write]}
+          - {name: write, use: "tests.steps:ListConsumer", with: {path: OUT/out.jsonl}}
+        router: {dead_letter: OUT/dl.jsonl, max_retries: 5}
+        """)
+    summary, kills, _ = chaos(graph, tmp_path, 1.5, ("write",))
+    assert len(kills) >= 3, kills
+    rows = read_jsonl(str(tmp_path / "out.jsonl"))
+    assert_exact(summary, [r["key"] for r in rows], {str(i) for i in range(3000)})
+
+
+def test_a_producer_that_is_not_replayable_ends_the_run_pointing_at_resume(tmp_path):
+    graph = load(tmp_path, """
+        name: live
+        steps:
+          - {name: read, use: "tests.steps:Counter", with: {n: 100000}, to: [write]}
+          - {name: write, use: "tests.steps:ListConsumer", with: {path: OUT/out.jsonl}}
+        router: {dead_letter: OUT/dl.jsonl}
+        """)
+    done = []
+
+    def body(router):
+        if not done and router.produced > 100:
+            w = next(w for w in router.workers.values() if w.step == "read")
+            os.kill(w.handle.process.pid, signal.SIGKILL)
+            done.append(w)
+
+    summary = run_watching(graph, tmp_path, 0.05, body)
+    assert done and summary.exit_code == EXIT_FAILED
+    assert len(summary.failures) == 1, summary.failures
+    assert "producer 'read'" in summary.failures[0] and "killed by SIGKILL" in summary.failures[0]
+    assert "not replayable" in summary.failures[0] and "--resume" in summary.failures[0]
+
+
+def test_setup_error_fails_fast_with_traceback_in_the_stream_and_no_consequences(tmp_path):
+    graph = load(tmp_path, """
+        name: setup
+        steps:
+          - {name: read, use: "tests.steps:Counter", with: {n: 100000}, to: [calib]}
+          - {name: calib, use: "tests.engine_steps:FailSetup", workers: {min: 2, max: 3},
+             to: [write]}
+          - {name: write, use: "tests.steps:ListConsumer", with: {path: OUT/out.jsonl}}
+        router: {dead_letter: OUT/dl.jsonl}
+        """)
+    t0 = time.monotonic()
+    stats = tmp_path / "stats.jsonl"
+    summary = run(graph, RunOptions(quiet=True, run_dir=str(tmp_path / "run"),
+                                    stats_jsonl=str(stats)))
+    assert time.monotonic() - t0 < 20
+    assert summary.exit_code == EXIT_FAILED
+    # one reason: the producer killed by the abort is not a failure of its own
+    assert len(summary.failures) == 1, summary.failures
+    assert "step 'calib' failed in setup" in summary.failures[0]
+    records = [json.loads(x) for x in stats.read_text().splitlines()]
+    assert records[-1]["state"] == "failed" and records[-1]["failures"] == summary.failures
+    fail = [d for r in records for d in r["restarts"] if d["action"] == "fail"]
+    assert fail and fail[0]["step"] == "calib" and fail[0]["cause"] == "setup"
+    assert "Traceback" in fail[0]["traceback"] and "calibration table missing" in fail[0]["traceback"]
+    # and no process outlives the run (the scaler's last tick after a failure started a full set)
+    time.sleep(0.5)
+    workers = [p for p in psutil.Process().children(recursive=True)
+               if "flow.engine.worker" in " ".join(p.cmdline())]
+    assert workers == [], workers
+
+
+# --- small things: a truncated input, the temporary run directory -------------------------------
+
+def test_a_truncated_input_file_is_named_in_the_summary_and_the_stream(tmp_path):
+    from stages.datasets import resolve_path
+    try:
+        src = resolve_path("dataset:gamma_test.simtel.gz")
+    except Exception as exc:   # no data directory, cache or download here
+        pytest.skip(f"gamma_test.simtel.gz not available: {exc}")
+    import gzip
+    raw = gzip.open(src).read()
+    cut = tmp_path / "cut.simtel"
+    cut.write_bytes(raw[: int(len(raw) * 0.95)])
+    graph = load(tmp_path, f"""
+        name: cut
+        steps:
+          - {{name: read, use: "stages.io.simtel:SimtelSource", with: {{path: {cut}}}, to: [write]}}
+          - {{name: write, use: "tests.engine_steps:SlowCount", with: {{ms: 0, path: OUT/keys.txt}}}}
+        router: {{dead_letter: OUT/dl.jsonl}}
+        """)
+    stats = tmp_path / "stats.jsonl"
+    summary = run(graph, RunOptions(quiet=True, run_dir=str(tmp_path / "run"),
+                                    stats_jsonl=str(stats)))
+    keys = (tmp_path / "keys.txt").read_text().split()
+    assert summary.produced == len(keys) > 0      # what was read went through
+    # the run ends normally (what was read is kept), and says where the file was cut
+    assert summary.exit_code == EXIT_OK and len(summary.warnings) == 1, summary
+    last = keys[-1].split(":")[1]
+    assert "cut.simtel" in summary.warnings[0] and f"after event {last}" in summary.warnings[0]
+    record = json.loads(stats.read_text().splitlines()[-1])
+    assert record["state"] == "finished" and record["warnings"] == summary.warnings
+
+
+def test_a_run_leaves_no_temporary_directory(tmp_path, monkeypatch):
+    import tempfile
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
+    graph = load(tmp_path, """
+        name: tidy
+        steps:
+          - {name: read, use: "tests.steps:Counter", with: {n: 20}, to: [write]}
+          - {name: write, use: "tests.steps:ListConsumer", with: {path: OUT/out.jsonl}}
+        router: {dead_letter: OUT/dl.jsonl}
+        """)
+    summary = run(graph, RunOptions(quiet=True))
+    assert summary.exit_code == EXIT_OK and len(counts(tmp_path / "out.jsonl")) == 20
+    assert list(tmp.iterdir()) == []

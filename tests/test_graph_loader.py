@@ -401,3 +401,13 @@ steps:
     assert [s.name for s in graph.producers] == ["read", "read2"]
     assert graph["read2"].line_of("name") == 8 and graph["read2"].line_of("use") == 5
     assert graph.inputs("write") == ("read", "read2")
+
+
+def test_parameter_bounds_are_checked_with_file_and_line(tmp_path):
+    path = tmp_path / "neg.yaml"
+    path.write_text("name: neg\nsteps:\n  - name: read\n    use: stages.io.toy:ToyEventSource\n"
+                    "    with: {n_events: -5}\n    to: [write]\n"
+                    "  - {name: write, use: 'tests.steps:ListConsumer', with: {path: x.jsonl}}\n")
+    with pytest.raises(ConfigErrors) as info:
+        load_graph(path)
+    assert f"{path}:5" in str(info.value) and "must be at least 0, got -5" in str(info.value)

@@ -56,3 +56,18 @@ def test_cli(jsonl, tmp_path, capsys):
     assert main([str(empty), "-o", str(tmp_path / "x")]) == 2
     with pytest.raises(FlowError, match="no stats records"):
         read_stats(empty)
+
+
+def test_a_failed_run_says_why(tmp_path, capsys):
+    path = tmp_path / "failed.jsonl"
+    recs = [stats("f", k) for k in range(3)]
+    recs[1]["restarts"] = [{"t": 1001.5, "step": "b", "action": "restart", "cause": "signal",
+                            "delay_s": 0.1, "reason": "killed by SIGKILL; replaced after 0.10 s"}]
+    recs[2].update(state="failed", failures=["step 'b' failed in setup: RuntimeError: no table"])
+    path.write_text("\n".join(json.dumps(r) for r in recs) + "\n")
+    assert main([str(path), "-o", str(tmp_path / "out")]) == 0
+    printed = capsys.readouterr().out
+    assert "failed: step 'b' failed in setup: RuntimeError: no table" in printed
+    text = (tmp_path / "out" / "outcome.txt").read_text()
+    assert "run f: failed" in text and "failure: step 'b' failed in setup" in text
+    assert "restart:    1.50 s  step 'b' restart (signal): killed by SIGKILL" in text

@@ -13,9 +13,13 @@ def _report_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from flow.observe.report import make_report
     for path in make_report(args.stats, args.output):
         print(path)
+    outcome = Path(args.output) / "outcome.txt"    # the state, failures and restarts
+    print(outcome.read_text(), end="")
     return 0
 
 

@@ -4,6 +4,7 @@ sockets, the terminal view, signals, and the summary. `flow run` is a thin layer
 from __future__ import annotations
 
 import logging
+import shutil
 import signal
 import tempfile
 import uuid
@@ -107,6 +108,18 @@ def _run_inline(graph: Graph, context: dict) -> RunSummary:
 
 
 def _run_router(graph: Graph, context: dict, total: int | None, options: RunOptions) -> RunSummary:
+    own_dir = not options.run_dir      # a private temporary directory, removed at the end
+    run_dir = Path(options.run_dir or tempfile.mkdtemp(prefix="flow-run-"))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        return _run_in(run_dir, graph, context, total, options)
+    finally:
+        if own_dir:
+            shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _run_in(run_dir: Path, graph: Graph, context: dict, total: int | None,
+            options: RunOptions) -> RunSummary:
     import zmq
 
     from flow.engine.router import Router
@@ -114,8 +127,6 @@ def _run_router(graph: Graph, context: dict, total: int | None, options: RunOpti
     from flow.observe.stats import RateMeter, stats_record
     from flow.observe.termview import TermView
 
-    run_dir = Path(options.run_dir or tempfile.mkdtemp(prefix="flow-run-"))
-    run_dir.mkdir(parents=True, exist_ok=True)
     endpoint = options.bind or f"ipc://{run_dir}/data.sock"
     if options.bind:
         from flow.wire.security import check_bind_policy
@@ -144,7 +155,8 @@ def _run_router(graph: Graph, context: dict, total: int | None, options: RunOpti
 
     def on_tick(r: Router) -> None:
         decisions = scaler(r) if scaler is not None else []
-        record = stats_record(r, meter, run_id, total, decisions, r.dead_letter.take_recent())
+        record = stats_record(r, meter, run_id, total, decisions, r.dead_letter.take_recent(),
+                              r.take_restart_decisions())
         publisher.publish_stats(record)
         view.update(record)
         if metrics is not None:
@@ -193,7 +205,8 @@ def _run_router(graph: Graph, context: dict, total: int | None, options: RunOpti
         eos_exit_s=(router.finished_t - router.last_event_t) if router.last_event_t else None,
         workers_started=router.workers_started, workers_retired=router.workers_retired,
         rejected=router.rejected, state=router.state,
-        failures=list(router.step_failures) + ([str(router.failure)] if router.failure else []),
+        failures=router.failure_reasons(), warnings=list(router.input_warnings),
+        restarts={name: st.restarts for name, st in router.steps.items() if st.restarts},
         dead_letter_file=str(router.dead_letter.path) if router.dead_letter.count else None,
     )
     summary.decide_exit_code()

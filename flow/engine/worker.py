@@ -19,13 +19,14 @@ import socket as _socket
 import sys
 import time
 import traceback
+import warnings
 
 import zmq
 
 from flow.engine.memory import tune_gc, tune_malloc
 from flow.engine.outputs import ALL, path_after, producer_outputs, stager_outputs
 from flow.errors import ProtocolError, StepError
-from flow.graph.step import import_object, instantiate
+from flow.graph.step import InputWarning, import_object, instantiate
 from flow.wire import codec
 from flow.wire import protocol as P
 from flow.wire.shm import ref_size
@@ -77,6 +78,34 @@ class RecentSet:
             self._set.discard(self._order.popleft())
 
 
+def watch_input_warnings(into: list) -> None:
+    """Keep the message of every `InputWarning` this process shows (a truncated input file): a
+    producer sends them with its EOS, and the router reports them as failures of the step."""
+    shown = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, InputWarning):
+            into.append(str(message))
+        shown(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
+
+
+class Position:
+    """A producer's events, counted as `producer_outputs` numbers them (None is not an event):
+    once an event has been taken, ``n`` is its position + 1, where a replacement resumes."""
+
+    def __init__(self, events, start: int = 0):
+        self.events = events
+        self.n = start
+
+    def __iter__(self):
+        for ev in self.events:
+            if ev is not None:
+                self.n += 1
+            yield ev
+
+
 class Worker:
     """State and loop of one worker process (one step instance)."""
 
@@ -108,6 +137,7 @@ class Worker:
         self.use_shm = False
         self.shm = None            # this process's ShmStore when shared memory is on
         self._last_stats = 0.0
+        self.resume_from = 0       # a producer replacing one that died: events to skip
 
     # -- sending ---------------------------------------------------------------------------
     def send(self, command: bytes, envelope: dict | None = None, frames: list | None = None) -> None:
@@ -238,7 +268,11 @@ class Worker:
                                  "traceback": traceback.format_exc()})
             return False
         tune_gc()   # after setup: what it built is frozen, never scanned again
-        self.send(P.READY, {"pid": os.getpid()})
+        self.resume_from = int(env.get("resume_from") or 0) if self.kind == "producer" else 0
+        ready = {"pid": os.getpid()}
+        if self.kind == "producer":
+            ready["replayable"] = bool(getattr(self.step, "replayable", False))
+        self.send(P.READY, ready)
         return True
 
     def teardown(self) -> dict:
@@ -253,8 +287,12 @@ class Worker:
     def run_producer(self) -> None:
         credit = 0
         paused = False
+        warned: list[str] = []
+        watch_input_warnings(warned)
         shard = self.step.context.get("flow.shard")
-        outputs = producer_outputs(self.step.process(), self.step_name, self.targets,
+        start = self.resume_from      # a replacement: after the last event the router accepted
+        events = Position(self.step.resume(start) if start else self.step.process(), start)
+        outputs = producer_outputs(events, self.step_name, self.targets, start=start,
                                    shard=tuple(shard) if shard else None)
         path = str(self.step_index)
         while True:
@@ -294,17 +332,17 @@ class Worker:
             except Exception as exc:
                 self.done += len(out)
                 if out:
-                    self.send_outputs(P.PRODUCE, {}, out, frames)
+                    self.send_outputs(P.PRODUCE, {"pos": events.n}, out, frames)
                 self.send(P.FAILED, {"phase": "process", "error": f"{type(exc).__name__}: {exc}",
                                      "traceback": traceback.format_exc()})
                 self.wait_stop()
                 return
             self.done += len(out)
             if out:
-                self.send_outputs(P.PRODUCE, {}, out, frames)
+                self.send_outputs(P.PRODUCE, {"pos": events.n}, out, frames)
                 credit -= 1
             if finished:
-                self.send(P.EOS)
+                self.send(P.EOS, {"warnings": warned} if warned else {})
                 self.wait_stop()
                 return
 

@@ -24,7 +24,7 @@ class Param:
 
     ``type`` is a callable converting a YAML value (``int``, ``float``, ``str``, ``bool``, ``dict``,
     ``list`` or any one-argument callable). ``default=REQUIRED`` makes the option mandatory.
-    ``choices`` restricts the value to a set.
+    ``choices`` restricts the value to a set; ``min`` and ``max`` bound it (inclusive).
     """
 
     type: Any = str
@@ -32,6 +32,8 @@ class Param:
     help: str = ""
     choices: tuple | None = None
     name: str = ""
+    min: Any = None
+    max: Any = None
 
     def __set_name__(self, owner, name):
         object.__setattr__(self, "name", name)
@@ -79,6 +81,10 @@ class Param:
                 raise ValueError(f"expected {tname}, got {value!r} ({exc})") from None
         if self.choices is not None and out not in self.choices:
             raise ValueError(f"must be one of {list(self.choices)}, got {out!r}")
+        if self.min is not None and out < self.min:
+            raise ValueError(f"must be at least {self.min}, got {out!r}")
+        if self.max is not None and out > self.max:
+            raise ValueError(f"must be at most {self.max}, got {out!r}")
         return out
 
 

@@ -41,6 +41,12 @@ class Keyed:
     event: Any
 
 
+class InputWarning(UserWarning):
+    """A producer's input ended early (a truncated or corrupt file). Warn it, naming the file and
+    the last event read, and end the stream: the engine reports it as a failure of the step in
+    the run summary and the statistics stream (the events read before it go on)."""
+
+
 class Step:
     """Base of every step: parameters, ``setup``, ``teardown``."""
 
@@ -67,9 +73,27 @@ class Producer(Step):
     """Yields events. One or more per graph; runs as a single process."""
 
     kind = "producer"
+    #: True when the same parameters yield the same events in the same order (a file, a seeded
+    #: generator): a producer that dies is then restarted, and it resumes after the last event
+    #: the router had accepted from it. A live source (a socket) is not replayable: its death
+    #: ends the run (``flow run --resume`` completes it).
+    replayable: ClassVar[bool] = False
 
     def process(self) -> Iterable[Any]:
         raise NotImplementedError
+
+    def resume(self, start: int) -> Iterable[Any]:
+        """The events of ``process()`` from the ``start``-th on (``None`` is not counted), for a
+        restarted replayable producer. This default reads and drops the first ``start`` events;
+        a source that can seek may override it (the keys must stay the same)."""
+        n = 0
+        for event in self.process():
+            if event is None:
+                continue
+            if n >= start:
+                yield event
+            else:
+                n += 1
 
     def publish_context(self) -> dict[str, Any]:
         """Values every downstream step receives once in ``self.context`` (default: none).

@@ -3,7 +3,9 @@
 Each line of the input is one stats record (docs/monitoring.md) as JSON; lines of other types, blank
 lines and lines that do not parse are skipped (a run killed mid-write leaves a truncated last line).
 When the file holds several runs, the last one is plotted. Output: ``rate.png``, ``queue.png`` and
-``workers.png`` (scaler decisions as markers) per step over time, with matplotlib's Agg backend.
+``workers.png`` (scaler decisions as triangles, worker restarts as crosses) per step over time, with
+matplotlib's Agg backend, and ``outcome.txt``: the run's last state, every failure reason and every
+restart decision. A failed run's reasons are also written on each chart and printed.
 """
 
 from __future__ import annotations
@@ -49,8 +51,30 @@ def series(records: list[dict], field: str) -> tuple[list[float], dict[str, list
     return t, values
 
 
+def outcome(records: list[dict]) -> tuple[str, list[str], list[dict]]:
+    """(last state, failure reasons, restart decisions) of a run's records."""
+    last = records[-1]
+    failures: list[str] = []
+    for r in records:   # reasons accumulate; keep each once, in order
+        failures += [f for f in r.get("failures") or [] if f not in failures]
+    restarts = [d for r in records for d in r.get("restarts") or [] if isinstance(d, dict)]
+    return str(last.get("state", "?")), failures, restarts
+
+
+def outcome_text(records: list[dict]) -> str:
+    state, failures, restarts = outcome(records)
+    lines = [f"run {records[-1].get('run_id', '?')}: {state}, {records[-1].get('produced', 0)} "
+             f"events produced"]
+    lines += [f"failure: {f}" for f in failures]
+    lines += [f"warning: {w}" for w in records[-1].get("warnings") or []]
+    t0 = records[0].get("t") or 0.0
+    lines += [f"restart: {d.get('t', t0) - t0:7.2f} s  step '{d.get('step')}' "
+              f"{d.get('action')} ({d.get('cause')}): {d.get('reason')}" for d in restarts]
+    return "\n".join(lines) + "\n"
+
+
 def make_report(path: str | Path, out_dir: str | Path) -> list[Path]:
-    """Write the plots of ``path`` into ``out_dir``; return the files written."""
+    """Write the plots of ``path`` into ``out_dir`` (and ``outcome.txt``); return the plots."""
     import matplotlib  # noqa: PLC0415 - optional dependency, imported when used
 
     matplotlib.use("Agg")
@@ -62,6 +86,8 @@ def make_report(path: str | Path, out_dir: str | Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     t0 = records[0].get("t") or 0.0
     run = records[-1].get("run_id", "?")
+    state, failures, restarts = outcome(records)
+    (out / "outcome.txt").write_text(outcome_text(records))
     written = []
     for field, ylabel, name in (("rate", "rate (events/s)", "rate.png"),
                                 ("queue", "queue depth (events)", "queue.png"),
@@ -75,12 +101,18 @@ def make_report(path: str | Path, out_dir: str | Path) -> list[Path]:
                 dec = [d for r in records for d in r.get("decisions") or [] if d.get("step") == step]
                 ax.scatter([d["t"] - t0 for d in dec], [d["new"] for d in dec], marker="v",
                            color=colour, edgecolor="black", zorder=3)
+                rs = [d for d in restarts if d.get("step") == step and "t" in d]
+                ax.scatter([d["t"] - t0 for d in rs], [0.0] * len(rs), marker="x", color=colour,
+                           zorder=3)
         ax.set_xlabel("time since start (s)")
         ax.set_ylabel(ylabel)
         ax.set_ylim(bottom=0)
         if field == "workers":
             ax.yaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_title(f"{ylabel} per step — run {run}")
+        ax.set_title(f"{ylabel} per step — run {run}" + (f" ({state})" if failures else ""))
+        if failures:
+            fig.text(0.01, 0.01, "\n".join(f"failed: {f}"[:160] for f in failures[:4]),
+                     color="firebrick", fontsize="small", va="bottom")
         ax.grid(alpha=0.3)
         ax.legend(ncol=min(6, max(1, len(values))), fontsize="small", loc="upper left")
         fig.savefig(out / name, dpi=110)
@@ -104,6 +136,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for f in files:
         print(f)
+    print(Path(args.out) / "outcome.txt")
+    state, failures, _ = outcome(read_stats(args.jsonl))
+    for reason in failures:
+        print(f"{state}: {reason}")
     return 0
 
 

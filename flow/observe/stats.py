@@ -52,6 +52,7 @@ def step_record(router, st, meter: RateMeter, now: float) -> dict:
         "latency_p99_ms": float(np.percentile(lat, 99) * 1e3) if lat is not None else 0.0,
         "errors": st.errors,
         "retries": st.retries,
+        "restarts": getattr(st, "restarts", 0),
         "dead_letter": st.dead,
         "finished": st.finished,
         "bottleneck": False,
@@ -59,8 +60,11 @@ def step_record(router, st, meter: RateMeter, now: float) -> dict:
 
 
 def stats_record(router, meter: RateMeter, run_id: str, total: int | None = None,
-                 decisions: list | None = None, dead_letters: list | None = None) -> dict:
-    """One stats record (docs/monitoring.md) describing the router now."""
+                 decisions: list | None = None, dead_letters: list | None = None,
+                 restarts: list | None = None) -> dict:
+    """One stats record (docs/monitoring.md) describing the router now: ``decisions`` of the
+    scaler, ``restarts`` of the restart policy since the last record, ``failures``, every
+    reason the run is failing, and ``warnings``, inputs cut short (the summary's lists)."""
     now = time.monotonic()
     steps = {name: step_record(router, st, meter, now) for name, st in router.steps.items()}
     stagers = [(rec["busy"], name) for name, rec in steps.items()
@@ -85,4 +89,7 @@ def stats_record(router, meter: RateMeter, run_id: str, total: int | None = None
         "progress": progress, "eta_s": eta, "rejected": router.rejected,
         "steps": steps, "workers": workers,
         "decisions": decisions or [], "dead_letters": dead_letters or [],
+        "restarts": restarts or [],
+        "failures": router.failure_reasons() if hasattr(router, "failure_reasons") else [],
+        "warnings": list(getattr(router, "input_warnings", [])),
     }

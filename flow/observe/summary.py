@@ -22,7 +22,8 @@ EXIT_CODES = {
 @dataclass
 class RunSummary:
     """What a run did. ``consumed`` counts events each consumer acknowledged; ``unique_consumed``
-    those it kept after dropping duplicates by (key, path)."""
+    those it kept after dropping duplicates by (key, path); ``restarts`` the workers of each step
+    replaced after a loss (flow/engine/restart.py; a producer's replacement resumed its stream)."""
 
     produced: int = 0
     consumed: dict[str, int] = field(default_factory=dict)
@@ -37,6 +38,8 @@ class RunSummary:
     rejected: int = 0
     state: str = "finished"
     failures: list[str] = field(default_factory=list)
+    restarts: dict[str, int] = field(default_factory=dict)   # workers replaced after a loss
+    warnings: list[str] = field(default_factory=list)        # inputs cut short (file, last event)
     exit_code: int = EXIT_OK
     dead_letter_file: str | None = None
 

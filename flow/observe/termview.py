@@ -253,8 +253,12 @@ class TermView:
         t.add_row("retries", str(summary.retries))
         t.add_row("workers started / retired",
                   f"{summary.workers_started} / {summary.workers_retired}")
+        if summary.restarts:
+            t.add_row("workers replaced", ", ".join(f"{k} {n}" for k, n in summary.restarts.items()))
         t.add_row("wall time", f"{summary.wall_s:.2f} s")
         for f in summary.failures:
             t.add_row("failure", Text(f, style="red"))
+        for w in summary.warnings:
+            t.add_row("warning", Text(w, style="yellow"))
         t.add_row("exit code", str(summary.exit_code))
         c.print(t)

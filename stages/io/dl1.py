@@ -46,6 +46,8 @@ def _scalar(value):
 class DL1Source(Producer):
     """Events of a DL1 HDF5 file written by DL1Writer (parameters, images when present)."""
 
+    replayable = True
+
     path = Param(str, REQUIRED, "DL1 HDF5 file written by stages.io.hdf5:DL1Writer")
     max_events = Param(int, 0, "stop after this many events (0 = all)")
     read_images = Param(bool, True, "read images (and true images) when the file has them")

@@ -28,7 +28,7 @@ import numpy as np
 
 from flow.errors import DataError
 from flow.graph.params import REQUIRED, Param
-from flow.graph.step import Keyed, Producer
+from flow.graph.step import InputWarning, Keyed, Producer
 
 from ..datasets import resolve_path
 from .geometry import camera_dict
@@ -43,8 +43,9 @@ PIXEL_SHAPES = {0: ("circle", 0.0), 1: ("hexagon", 0.0), 2: ("square", 0.0), 3: 
 _END = object()
 
 
-class SimtelReadWarning(UserWarning):
-    """A sim_telarray file ended early (truncated or corrupt); the events before it were read."""
+class SimtelReadWarning(InputWarning):
+    """A sim_telarray file ended early (truncated or corrupt); the events before it were read
+    (the engine reports it in the run summary and the statistics stream)."""
 
 
 def clip_altitude(alt: float) -> float:
@@ -223,6 +224,8 @@ def event_calibration(array_event: dict, tel_id: int, shape, disabled) -> dict:
 class SimtelSource(Producer):
     """Events of a sim_telarray file, R1-calibrated like ctapipe's SimTelEventSource."""
 
+    replayable = True
+
     path = Param(str, REQUIRED, "sim_telarray file, or dataset:NAME (see stages.datasets)")
     max_events = Param(int, 0, "stop after this many events (0 = all)")
     allowed_tels = Param(list, None, "telescope ids to read (default: all)")
@@ -317,14 +320,22 @@ class SimtelSource(Producer):
                     continue
             return False
 
+        caught: list = []
         try:
-            for array_event in f:
-                if not put(array_event):
-                    return
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                for array_event in f:
+                    if not put(array_event):
+                        return
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer of the queue
             put(exc)
             return
-        put(_END)
+        finally:   # eventio ends a truncated file with a plain UserWarning: that is an error here
+            cut = [w for w in caught if w.category is UserWarning and "eventio" in w.filename]
+            for w in caught:
+                if w not in cut:
+                    warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        put(EOFError(str(cut[0].message)) if cut else _END)
 
     @staticmethod
     def _warn(path: Path, last_good, why: str) -> None:

@@ -232,7 +232,8 @@ def render_event(event: Mapping, subarray: Mapping, with_waveforms: bool = True)
 class ToyEventSource(Producer):
     """Unlimited synthetic gamma/proton events on a toy array (deterministic per seed and index)."""
 
-    n_events = Param(int, 1000, "number of events (0 = unlimited)")
+    replayable = True
+    n_events = Param(int, 1000, "number of events (0 = unlimited)", min=0)
     seed = Param(int, 0, "random seed; event i uses default_rng((seed, i))")
     n_tels = Param(int, 4, "number of telescopes")
     camera = Param(str, "hex", "camera kind", choices=("hex", "square", "mixed"))
@@ -257,12 +258,16 @@ class ToyEventSource(Producer):
         return self.n_events or None
 
     def process(self) -> Iterator[Keyed]:
+        return self.resume(0)
+
+    def resume(self, first: int) -> Iterator[Keyed]:
+        """The events from index ``first`` on (each is a function of its index: this seeks)."""
         if not hasattr(self, "_subarray"):
             self.setup()
-        index, start = 0, time.monotonic()
+        index, start = first, time.monotonic()
         while self.n_events == 0 or index < self.n_events:
             if self.rate_hz > 0:
-                delay = start + index / self.rate_hz - time.monotonic()
+                delay = start + (index - first) / self.rate_hz - time.monotonic()
                 if delay > 0:
                     time.sleep(delay)
             event = self.make_event(index)

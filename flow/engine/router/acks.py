@@ -27,6 +27,13 @@ class AckHandling:
     def on_produce(self, w: WorkerState, msg: P.Message) -> None:
         st = self.steps[w.step]
         out = outputs_of(msg.envelope)
+        if w.state == "dead":       # a late message of a producer already replaced
+            self.stale_acks += 1
+            return
+        pos = msg.envelope.get("pos", st.resume_from)
+        if type(pos) is not int or pos < st.resume_from:
+            raise ProtocolError("malformed pos in PRODUCE")
+        st.resume_from = pos        # a replacement resumes after this event
         w.credit_out = max(0, w.credit_out - 1)
         n = self.enqueue_outputs(st, out, msg.frames, *self._refs(msg))
         w.done += n

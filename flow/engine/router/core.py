@@ -98,6 +98,8 @@ class Router(WorkerLifecycle, CreditAndLeasing, AckHandling, EndOfStream, Shared
         self.paused = False
         self.failure: Exception | None = None
         self.step_failures: list[str] = []
+        self.restart_decisions: list[dict] = []   # since the last statistics record
+        self.input_warnings: list[str] = []       # producers' inputs cut short (file, last event)
         self.workers_started = 0
         self.workers_retired = 0
         self.last_event_t = 0.0
@@ -272,16 +274,9 @@ class Router(WorkerLifecycle, CreditAndLeasing, AckHandling, EndOfStream, Shared
         elif cmd == P.HELLO:
             self.on_hello(w, msg)
         elif cmd == P.READY:
-            self.steps[w.step].start_failures = 0
-            if w.state == "retiring":  # retired while starting: its STOP may not have reached it
-                self._send(w, P.STOP, {"teardown": True})
-            else:
-                w.state = "ready"
+            self.on_ready(w, msg)
         elif cmd == P.EOS:
-            st = self.steps[w.step]
-            if st.kind == "producer":
-                self._send(w, P.STOP, {})
-                self.finish_step(st)
+            self.on_eos(w, msg)
         elif cmd == P.BYE:
             self.on_bye(w, msg)
         elif cmd == P.FAILED:

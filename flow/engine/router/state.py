@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass, field
 
 from flow.engine.launcher import Handle
+from flow.engine.restart import RestartState
 from flow.errors import ProtocolError
 from flow.graph.model import StepSpec
 from flow.wire import protocol as P
@@ -74,6 +75,7 @@ class WorkerState:
     state: str = "starting"          # starting, ready, retiring, eos, dying, done, dead
     leases: dict = field(default_factory=dict)     # lease id -> (Batch, t0)
     last_seen: float = field(default_factory=time.monotonic)
+    started_t: float = field(default_factory=time.monotonic)   # when it was started (or said HELLO)
     last_sent: float = 0.0           # when the router last sent to it (heartbeats fill gaps)
     exited_at: float = 0.0           # when its process was seen gone (state "dying")
     died_state: str = ""             # its state then
@@ -127,8 +129,12 @@ class StepState:
     dead: int = 0
     busy_s: float = 0.0
     latencies: collections.deque = field(default_factory=lambda: collections.deque(maxlen=2000))
-    start_failures: int = 0
     spawned: int = 0                 # workers started so far (a consumer after the first replaces one)
+    restart: RestartState = field(default_factory=RestartState)   # flow/engine/restart.py
+    restarts: int = 0                # workers replaced after a loss
+    pending: int = 0                 # replacements decided, waiting for their back-off
+    replayable: bool = False         # a producer that said so in its READY
+    resume_from: int = 0             # a producer: position after the last event accepted from it
 
     @property
     def kind(self) -> str:
