@@ -1,8 +1,13 @@
 """Starting and stopping worker processes, on this host or on agents.
 
-`LocalLauncher` starts each worker as a fresh interpreter (``python -m flow.engine.worker``): a true spawn,
-safe where fork is not (threads, Qt, CUDA, macOS), and independent of how the parent was started (no
-``if __name__ == "__main__"`` guard needed in user scripts). The router asks a launcher for workers and
+`LocalLauncher` starts each worker from a warm template by default (``router: {start_method: zygote}``):
+a `Zygote`, one fresh interpreter (`flow.engine.zygote`) that imports the worker and the steps' modules
+once and forks a worker per request, so a worker starts in milliseconds instead of paying those imports
+again. The template is itself a fresh interpreter, so nothing of the parent is inherited (no
+sockets, no ZeroMQ context, no threads of a GUI or of CUDA) and no ``if __name__ == "__main__"`` guard
+is needed in user scripts. ``start_method: spawn`` (and any platform without ``os.fork``) starts each
+worker as a fresh interpreter (``python -m flow.engine.worker``), as before; a template that cannot
+start or dies falls back to that. The router asks a launcher for workers and
 never cares where they run; `flow.engine.agent` provides the remote counterpart.
 
 Agents (``flow agent``, see `flow.engine.agent`) are handled by the same launcher, so the router's default
@@ -20,8 +25,10 @@ makes the first workers wait that long for a first agent to register before they
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -57,6 +64,97 @@ class Handle:
                 self.process.wait(timeout)
             except subprocess.TimeoutExpired:
                 pass
+
+
+class ForkedProcess:
+    """A worker forked by the zygote (not our child): ``poll``, ``kill`` and ``wait`` by pid, as
+    `subprocess.Popen` offers them (the zygote reaps it; its exit code is not known here)."""
+
+    def __init__(self, pid: int):
+        self.pid = pid
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            try:
+                os.kill(self.pid, 0)
+                with open(f"/proc/{self.pid}/stat", "rb") as f:   # a zombie is gone
+                    if f.read().rsplit(b")", 1)[-1].split()[0] == b"Z":
+                        self.returncode = -1
+            except ProcessLookupError:
+                self.returncode = -1
+            except OSError:   # no /proc (macOS) or not ours to signal: alive as far as we know
+                pass
+        return self.returncode
+
+    def kill(self) -> None:
+        try:
+            os.kill(self.pid, signal.SIGKILL)
+        except OSError:
+            pass
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.poll() is None:
+            if deadline is not None and time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(f"worker {self.pid}", timeout)
+            time.sleep(0.01)
+        return self.returncode
+
+
+class Zygote:
+    """Client of a `flow.engine.zygote` process: starts it (a fresh interpreter importing
+    ``modules``) and asks it for workers."""
+
+    def __init__(self, modules: list[str], env: dict):
+        r, w = os.pipe()
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "flow.engine.zygote", "--reply-fd", str(w), *modules],
+                env=env, stdin=subprocess.PIPE, pass_fds=(w,), text=True)
+        finally:
+            os.close(w)
+        self.replies = os.fdopen(r, "r")
+
+    def start(self, endpoint: str, worker_id: str, step: str, keys_dir: str | None
+              ) -> ForkedProcess:
+        """A forked worker; OSError if the zygote is gone or refused."""
+        request = {"endpoint": endpoint, "worker_id": worker_id, "step": step, "keys": keys_dir}
+        try:
+            self.proc.stdin.write(json.dumps(request) + "\n")
+            self.proc.stdin.flush()
+        except (BrokenPipeError, ValueError) as exc:
+            raise OSError(f"the worker template exited ({exc})") from None
+        line = self.replies.readline().strip()
+        if not line.isdigit():
+            raise OSError(f"the worker template could not start a worker: {line or 'it exited'}")
+        return ForkedProcess(int(line))
+
+    def close(self) -> None:
+        """Stop the template (the workers it started go on until their router is gone)."""
+        try:
+            self.proc.stdin.close()
+        except OSError:
+            pass
+        self.replies.close()
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def preload_modules(graph) -> list[str]:
+    """The modules a zygote imports for ``graph``: numpy, zmq and each step's module."""
+    from flow.graph.model import resolve_use
+    modules = ["numpy", "zmq", "msgpack"]
+    for spec in getattr(graph, "steps", ()):
+        try:
+            module = getattr(resolve_use(spec.use), "__module__", None)
+        except Exception:   # validation reports it; the worker will too
+            module = None
+        if module and module != "__main__" and module not in modules:
+            modules.append(module)
+    return modules
 
 
 def worker_command(endpoint: str, worker_id: str, step: str, keys_dir: str | None) -> list[str]:
@@ -138,8 +236,12 @@ class LocalLauncher:
     """
 
     def __init__(self, endpoint: str, keys_dir: str | None = None, run_tag: str = "",
-                 graph=None, agent_wait_s: float | None = None):
+                 graph=None, agent_wait_s: float | None = None, start_method: str | None = None):
         self.endpoint = endpoint
+        if start_method is None:
+            start_method = getattr(getattr(graph, "router", None), "start_method", "spawn")
+        self.start_method = start_method if hasattr(os, "fork") else "spawn"
+        self.zygote: Zygote | None = None
         self.keys_dir = keys_dir
         self._ids = itertools.count()
         self.run_tag = run_tag or f"{os.getpid()}"
@@ -190,10 +292,31 @@ class LocalLauncher:
         return self._start_process(wid, step)       # here, as a purely local launcher would
 
     def _start_process(self, wid: str, step: str) -> Handle:
-        proc = subprocess.Popen(worker_command(self.endpoint, wid, step, self.keys_dir),
-                                env=self.env, stdin=subprocess.DEVNULL)
+        proc = self._fork(wid, step) if self.start_method == "zygote" else None
+        if proc is None:
+            proc = subprocess.Popen(worker_command(self.endpoint, wid, step, self.keys_dir),
+                                    env=self.env, stdin=subprocess.DEVNULL)
         self.started += 1
         return Handle(wid, step, proc)
+
+    def _fork(self, wid: str, step: str) -> ForkedProcess | None:
+        """A worker forked from the template (started at the first request); None if it cannot
+        be (the caller spawns instead, and so does every later start)."""
+        try:
+            if self.zygote is None:
+                self.zygote = Zygote(preload_modules(self.graph), self.env)
+            return self.zygote.start(self.endpoint, wid, step, self.keys_dir)
+        except OSError as exc:
+            log.warning("worker template unavailable (%s): spawning workers instead", exc)
+            self.start_method = "spawn"
+            self.close()
+            return None
+
+    def close(self) -> None:
+        """Stop the worker template, if one was started."""
+        if self.zygote is not None:
+            self.zygote.close()
+            self.zygote = None
 
     def remote_ok(self, step: str) -> bool | None:
         """Whether ``step`` may run on an agent (an unpinned stager); None while the graph is
@@ -203,7 +326,10 @@ class LocalLauncher:
         spec = next((s for s in self.graph.steps if s.name == step), None)
         if spec is None:
             return False
-        return spec.kind == "stager" and not spec.pinned
+        from flow.graph.fusion import chain_pinned, plan
+        chain = next((c for c in plan(self.graph) if c.head == step), None)
+        pinned = chain_pinned(self.graph, chain) if chain is not None else spec.pinned
+        return spec.kind == "stager" and not pinned
 
     def _waiting(self) -> bool:
         return (self.agent_wait_s > 0 and not self._ever_registered

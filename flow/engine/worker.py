@@ -22,6 +22,7 @@ import traceback
 
 import zmq
 
+from flow.engine.fused import FusedChain, Member
 from flow.engine.memory import tune_gc, tune_malloc
 from flow.engine.outputs import ALL, path_after, producer_outputs, stager_outputs
 from flow.errors import ProtocolError, StepError
@@ -107,6 +108,8 @@ class Worker:
         self._proc = None
         self.use_shm = False
         self.shm = None            # this process's ShmStore when shared memory is on
+        self.chain: FusedChain | None = None   # the steps of a fused chain, when it runs one
+        self.max_retries = 3
         self._last_stats = 0.0
 
     # -- sending ---------------------------------------------------------------------------
@@ -227,9 +230,15 @@ class Worker:
             self.use_shm = True
         try:
             context = codec.decode(msg.frames) if msg.frames else {}
-            obj = import_object(env["use"])
-            self.step = instantiate(obj, self.kind, self.step_name, env.get("params", {}), context)
-            self.step.setup()
+            if env.get("chain"):    # a fused chain (flow/engine/fused.py): every step, in order
+                self.chain = self.make_chain(env["chain"], context)
+                self.chain.setup()
+                self.step = self.chain
+            else:
+                obj = import_object(env["use"])
+                self.step = instantiate(obj, self.kind, self.step_name, env.get("params", {}),
+                                        context)
+                self.step.setup()
             # a resumed run, or a consumer replacing one that died: skip what the output holds
             if self.kind == "consumer" and (context.get("flow.resume") or env.get("replacement")):
                 self.done_keys = {str(k) for k in self.step.done_keys()}
@@ -240,6 +249,15 @@ class Worker:
         tune_gc()   # after setup: what it built is frozen, never scanned again
         self.send(P.READY, {"pid": os.getpid()})
         return True
+
+    def make_chain(self, config: dict, context: dict) -> FusedChain:
+        """The steps of a fused chain from its CONFIG (docs/protocol.md)."""
+        self.max_retries = int(config.get("max_retries", 3))
+        return FusedChain([
+            Member(m["step"], instantiate(import_object(m["use"]), "stager", m["step"],
+                                          m.get("params", {}), context),
+                   int(m["index"]), tuple(m["targets"]))
+            for m in config["steps"]])
 
     def teardown(self) -> dict:
         try:
@@ -352,11 +370,18 @@ class Worker:
         if self.kind == "consumer":
             out, out_frames = [], []
             dups, failed = self.consume(items, payloads)
+        elif self.chain is not None:
+            attempt = msg.envelope.get("attempt", 0)
+            careful = type(attempt) is int and attempt + 1 >= self.max_retries
+            out, out_frames, failed = self.transform_fused(items, payloads, careful)
+            dups = 0
         else:
             out, out_frames, failed = self.transform(items, payloads)
             dups = 0
         env = {"lease": msg.envelope.get("lease"), "failed": failed,
                "busy_s": time.perf_counter() - t0, "dups": dups}
+        if self.chain is not None:
+            env["steps"] = self.chain.take_counts()
         # drop this lease's views before send_outputs reports what the step kept of them (the
         # router must not recycle those segments) and what it has let go since the last report
         payloads = None  # noqa: F841
@@ -383,6 +408,29 @@ class Worker:
                 self.done += 1
             except Exception as exc:
                 self.failed_event(failed, index, exc)
+            self.heartbeat_if_due()   # a long lease
+        return out, out_frames, failed
+
+    def transform_fused(self, items: list, payloads: list, careful: bool
+                        ) -> tuple[list, list, list]:
+        """A fused chain's lease: each event runs through every step of the chain here; only
+        the last step's outputs are encoded (`flow.engine.fused.FusedChain.run`)."""
+        out, out_frames, failed = [], [], []
+        run, decode, encode = self.chain.run, codec.decode, self.encode
+        for index, (item, frames) in enumerate(zip(items, payloads, strict=False)):
+            try:
+                routed, failure = run(item[0], item[1], decode(frames), careful)
+                encoded = [encode(ev) for _, _, _, ev in routed]      # all or none
+            except Exception as exc:   # decoding or encoding: the input is at fault
+                self.failed_event(failed, index, exc)
+                continue
+            out_frames.extend(encoded)
+            out.extend([k, p, target] for k, p, target, _ in routed)
+            if failure is None:
+                self.done += 1
+            else:
+                self.errors += 1
+                failed.append([index, *failure])
             self.heartbeat_if_due()   # a long lease
         return out, out_frames, failed
 

@@ -40,6 +40,8 @@ def read_stats(path: str | Path) -> list[dict]:
 def series(records: list[dict], field: str) -> tuple[list[float], dict[str, list[float]]]:
     """Seconds since the first record, and ``field`` per step (NaN where a step is missing)."""
     t0 = records[0].get("t") or 0.0
+    groups = {n: s.get("group") for r in records for n, s in r["steps"].items()
+              if isinstance(s, dict) and s.get("group")}
     t = [(r.get("t") or t0) - t0 for r in records]
     names: list[str] = []
     for r in records:
@@ -61,6 +63,8 @@ def make_report(path: str | Path, out_dir: str | Path) -> list[Path]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     t0 = records[0].get("t") or 0.0
+    groups = {n: s.get("group") for r in records for n, s in r["steps"].items()
+              if isinstance(s, dict) and s.get("group")}
     run = records[-1].get("run_id", "?")
     written = []
     for field, ylabel, name in (("rate", "rate (events/s)", "rate.png"),
@@ -70,7 +74,9 @@ def make_report(path: str | Path, out_dir: str | Path) -> list[Path]:
         fig, ax = plt.subplots(figsize=(10, 4.5), layout="constrained")
         for i, (step, y) in enumerate(values.items()):
             colour = f"C{i % 10}"
-            ax.plot(t, y, label=step, color=colour, drawstyle="steps-post" if field == "workers" else None)
+            group = groups.get(step)
+            label = f"{step} [fused: {group}]" if group else step
+            ax.plot(t, y, label=label, color=colour, drawstyle="steps-post" if field == "workers" else None)
             if field == "workers":
                 dec = [d for r in records for d in r.get("decisions") or [] if d.get("step") == step]
                 ax.scatter([d["t"] - t0 for d in dec], [d["new"] for d in dec], marker="v",

@@ -81,6 +81,8 @@ class CreditAndLeasing:
         lease_id = next(self.lease_ids)
         w.leases[lease_id] = (batch, time.monotonic())
         env = {"lease": lease_id, "items": batch.packed, "n": batch.n}
+        if batch.attempts:   # a fused chain snapshots each step's input on an event's last attempt
+            env["attempt"] = batch.attempts
         if batch.blob:
             env["blob"] = batch.blob
         self._send(w, P.DATA, env, batch.frames)

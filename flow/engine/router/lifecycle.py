@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 
-from flow.engine.router.state import StepState, WorkerState
+from flow.engine.router.state import StepState, WorkerState, chain_config, unit_of
 from flow.errors import ProtocolError, RunError, StepError
 from flow.wire import protocol as P
 
@@ -70,6 +70,8 @@ class WorkerLifecycle:
                "shm": ({"prefix": self.shm_store.prefix, "threshold": self.shm_store.threshold,
                         "pool_bytes": self.shm_pool_bytes}
                        if self.shm_store is not None else None)}
+        if st.members:   # a fused chain (state.build_steps): every step of it, in order
+            env["chain"] = chain_config(st, self.use_specs, self.opts.max_retries)
         self._send(w, P.CONFIG, env, self.context_frames)
 
     def on_bye(self, w: WorkerState, msg: P.Message) -> None:
@@ -158,7 +160,7 @@ class WorkerLifecycle:
 
     def set_workers(self, name: str, n: int) -> None:
         """Scale a stager to ``n`` workers at run time (start or retire processes)."""
-        st = self.steps[name]
+        st = unit_of(self.steps[name])   # a fused step scales with its chain
         if st.kind != "stager" or st.finished:
             return
         n = max(st.min_workers, min(st.max_workers, n))

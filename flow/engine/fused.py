@@ -1,0 +1,105 @@
+"""A fused chain in one worker: the steps of a chain (flow/graph/fusion.py) run in order on each
+event, which passes from step to step as a Python object (no encoding, no router hop).
+
+`FusedChain.run` behaves as the unfused steps would, seen from outside: a step's ``None`` drops
+the event, a list or generator yields several (keys ``key/0``, ``key/1``...), `To` names the next
+step (inside a chain a step has one target) or, on the last step, any of its targets; paths are
+extended by each step's index exactly as the router would. A step that raises loses only the
+events it was given: its siblings go on, and the input is reported failed under that step's name
+(the router retries the input through the whole chain, as it retries any event). On an event's
+last attempt (``careful``) each step's input is encoded before the step runs, so that the dead
+letter holds what the failing step received and ``flow replay`` re-runs that step. Per-step
+counters (in, done, out, busy seconds) are kept for the statistics. No sockets here.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from dataclasses import dataclass
+
+from flow.engine.outputs import ALL, path_after, stager_outputs
+from flow.wire import codec
+
+
+@dataclass
+class Member:
+    """One step of a chain: its name, instance, index in the graph and targets."""
+
+    name: str
+    step: object
+    index: int
+    targets: tuple[str, ...]
+
+
+class FusedChain:
+    """The steps of one chain and their counters (see the module docstring)."""
+
+    def __init__(self, members: list[Member]):
+        self.members = members
+        self.counts = [[0, 0, 0, 0.0] for _ in members]    # n_in, done, n_out, busy_s
+
+    def take_counts(self) -> list:
+        """The counters since the previous call (sent with each ACK), then reset."""
+        out, self.counts = self.counts, [[0, 0, 0, 0.0] for _ in self.members]
+        return out
+
+    def run(self, key: str, path: str, event, careful: bool = False
+            ) -> tuple[list, list | None]:
+        """(outputs ``[(key, path, target, event)]`` of the last step, the first failure or
+        None): a failure is ``[error, traceback, step]`` plus, when ``careful`` and the step is
+        not the first, ``key, path, frames`` of its input."""
+        frontier = [(key, path, event)]
+        failure = None
+        clock = time.perf_counter
+        last = len(self.members) - 1
+        out: list = []
+        for j, m in enumerate(self.members):
+            c = self.counts[j]
+            nxt: list = []
+            process = m.step.process
+            c[0] += len(frontier)
+            for k, p, ev in frontier:
+                snap = [bytes(f) for f in codec.encode(ev)] if careful and j else None
+                t0 = clock()
+                try:
+                    result = process(ev)
+                    new_path = path_after(p, m.index)
+                    if type(result) is dict:
+                        routed = ((k, ALL, result),)
+                    else:
+                        routed = stager_outputs(result, k, m.name, m.targets)
+                except Exception as exc:
+                    c[3] += clock() - t0
+                    if failure is None:
+                        failure = [f"{type(exc).__name__}: {exc}", traceback.format_exc(), m.name]
+                        if snap is not None:
+                            failure += [k, p, snap]
+                    continue
+                c[3] += clock() - t0
+                c[1] += 1
+                c[2] += len(routed)
+                if j == last:
+                    out.extend((k2, new_path, t, ev2) for k2, t, ev2 in routed)
+                else:
+                    nxt.extend((k2, new_path, ev2) for k2, _, ev2 in routed)
+            frontier = nxt
+        return out, failure
+
+    def setup(self) -> None:
+        for m in self.members:
+            m.step.setup()
+
+    def teardown(self) -> None:
+        """Every step's teardown; the first error is raised after all have run."""
+        first = None
+        for m in self.members:
+            try:
+                m.step.teardown()
+            except Exception as exc:  # the others still tear down
+                first = first or exc
+        if first is not None:
+            raise first
+
+
+__all__ = ["FusedChain", "Member"]
