@@ -58,14 +58,11 @@ def _child(request: dict, reply_fd: int) -> None:
     if np is not None:   # the global generator would otherwise be the zygote's, in every worker
         np.random.seed()
     from flow.engine.worker import worker_main
-    code = 1
-    try:
-        code = worker_main(request["endpoint"], request["worker_id"], request["step"],
-                           request.get("keys"))
-    finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code if isinstance(code, int) else 0)
+    code = worker_main(request["endpoint"], request["worker_id"], request["step"],
+                       request.get("keys"))
+    import zmq
+    zmq.Context.instance().term()   # its last messages (BYE) leave before the process does
+    raise SystemExit(code)          # an ordinary exit, as a spawned worker's (atexit, buffers)
 
 
 def serve(reply_fd: int) -> None:
@@ -84,7 +81,14 @@ def serve(reply_fd: int) -> None:
             reply.write(f"error: fork failed: {exc}\n")
             continue
         if pid == 0:
-            _child(request, reply_fd)
+            try:
+                _child(request, reply_fd)
+            except SystemExit:
+                raise
+            except BaseException:   # never back into the zygote's loop
+                import traceback
+                traceback.print_exc()
+                os._exit(1)
         reply.write(f"{pid}\n")
 
 

@@ -1,0 +1,176 @@
+"""Fused chains with real processes: the same outputs as unfused, per-step statistics, failures
+dead-lettered under the failing step, kill -9 of chain workers, ``fuse: false``."""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import random
+import subprocess
+import sys
+
+from flow.engine.run import RunOptions, run
+from flow.observe.summary import EXIT_OK, EXIT_PARTIAL
+from tests.steps import read_jsonl
+from tests.test_engine_e2e import load
+from tests.test_engine_faults import kill_random_worker, run_watching
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# a chain of five stagers: add, one-to-many, drop, explicit routing to the next step, and a
+# last step that routes explicitly to one of two consumers (outside the chain)
+SHAPES = """
+name: shapes
+steps:
+  - {name: read, use: "tests.steps:Counter", with: {n: 300}, to: [add]}
+  - {name: add, use: "tests.steps:AddOne", workers: WORKERS, to: [split]}
+  - {name: split, use: "tests.steps:Split", with: {parts: 3}, to: [drop]}
+  - {name: drop, use: "tests.steps:DropOdd", to: [next]}
+  - {name: next, use: "tests.steps:RouteByBranch", with: {even: add2, odd: add2}, to: [add2]}
+  - {name: add2, use: "tests.steps:RouteByBranch", with: {even: evens, odd: odds}, to: [evens, odds]}
+  - {name: evens, use: "tests.steps:ListConsumer", with: {path: OUT/even.jsonl}}
+  - {name: odds, use: "tests.steps:ListConsumer", with: {path: OUT/odd.jsonl}}
+router: {dead_letter: OUT/dl.jsonl, fuse: FUSE}
+"""
+
+
+def rows(path) -> dict:
+    return {(r["key"], json.dumps(r["event"], sort_keys=True)) for r in read_jsonl(str(path))}
+
+
+def shapes(tmp_path, fuse: bool, inline: bool = False, workers: int = 1):
+    d = tmp_path / f"{'fused' if fuse else 'unfused'}{'-inline' if inline else ''}"
+    d.mkdir()
+    graph = load(d, SHAPES.replace("FUSE", str(fuse).lower()).replace("WORKERS", str(workers)))
+    summary = run(graph, RunOptions(quiet=True, inline=inline, run_dir=str(d / "run"),
+                                    stats_jsonl=str(d / "stats.jsonl")))
+    return d, summary
+
+
+def last_stats(d) -> dict:
+    return json.loads((d / "stats.jsonl").read_text().splitlines()[-1])["steps"]
+
+
+def test_fused_drop_one_to_many_and_routing_give_what_unfused_and_inline_give(tmp_path):
+    fused, s1 = shapes(tmp_path, True, workers=2)
+    unfused, s2 = shapes(tmp_path, False)
+    inline, _ = shapes(tmp_path, True, inline=True)
+    assert s1.exit_code == s2.exit_code == EXIT_OK
+    for name in ("even.jsonl", "odd.jsonl"):
+        assert rows(fused / name) == rows(unfused / name) == rows(inline / name)
+    # odd i dropped, each even i in 3 parts keyed i/0..i/2, routed to both consumers by i
+    assert {k for k, _ in rows(fused / "even.jsonl")} == \
+        {f"{i}/{k}" for i in range(0, 300, 2) for k in range(3)}
+    assert not rows(fused / "odd.jsonl")
+    assert s1.consumed == s2.consumed == {"evens": 450, "odds": 0}
+    # five stagers ran in one group of 2 workers; every step has its own statistics
+    stats = last_stats(fused)
+    assert {n: s["group"] for n, s in stats.items()} == {
+        "read": None, "add": "add", "split": "add", "drop": "add", "next": "add", "add2": "add",
+        "evens": None, "odds": None}
+    assert [(stats[n]["in"], stats[n]["out"]) for n in ("add", "split", "drop", "next", "add2")] \
+        == [(300, 300), (300, 900), (900, 450), (450, 450), (450, 450)]
+    records = [json.loads(x)["steps"] for x in (fused / "stats.jsonl").read_text().splitlines()]
+    assert all(max(r[n]["workers"] for r in records) == 2 and stats[n]["latency_p50_ms"] > 0
+               for n in ("add", "split", "drop", "next", "add2"))
+    assert [(stats[n]["in"], stats[n]["out"]) for n in ("add", "split", "drop", "next", "add2")] \
+        == [(last_stats(unfused)[n]["in"], last_stats(unfused)[n]["out"])
+            for n in ("add", "split", "drop", "next", "add2")]
+    assert all(s["group"] is None for s in last_stats(unfused).values())
+
+
+FAILING = """
+name: failing
+steps:
+  - {name: read, use: "tests.steps:Counter", with: {n: 1000}, to: [add]}
+  - {name: add, use: "tests.steps:AddOne", workers: 2, to: [check]}
+  - {name: check, use: "tests.steps:FailOn", with: {fail_on: FAILS}, to: [more]}
+  - {name: more, use: "tests.steps:AddOne", to: [write]}
+  - {name: write, use: "tests.steps:ListConsumer", with: {path: OUT/out.jsonl}}
+router: {dead_letter: OUT/dl.jsonl, max_retries: 2}
+"""
+
+
+def test_a_step_raising_inside_a_chain_is_dead_lettered_under_its_name_and_replayed(tmp_path):
+    fails = list(range(5, 1000, 100))            # 1 % of the events
+    cfg = tmp_path / "p.yaml"
+    cfg.write_text(FAILING.replace("OUT", str(tmp_path)).replace("FAILS", str(fails)))
+    first = subprocess.run([sys.executable, "-m", "flow.cli", "run", str(cfg), "--quiet",
+                            "--stats-jsonl", str(tmp_path / "stats.jsonl")],
+                           cwd=ROOT, capture_output=True, timeout=120)
+    assert first.returncode == EXIT_PARTIAL, first.stderr.decode()[-2000:]
+    out = collections.Counter(r["key"] for r in read_jsonl(str(tmp_path / "out.jsonl")))
+    failing = {str(i) for i in fails}
+    assert set(out) == {str(i) for i in range(1000)} - failing and max(out.values()) == 1
+    dead = [json.loads(x) for x in (tmp_path / "dl.jsonl").read_text().splitlines()]
+    assert sorted(d["key"] for d in dead) == sorted(failing)
+    assert all(d["step"] == "check" and d["attempts"] == 2 and "Traceback" in d["traceback"]
+               and "FailOn: i=" in d["traceback"] for d in dead)
+    stats = json.loads((tmp_path / "stats.jsonl").read_text().splitlines()[-1])["steps"]
+    assert stats["check"]["group"] == "add"
+    assert (stats["check"]["errors"], stats["check"]["retries"], stats["check"]["dead_letter"]) \
+        == (20, 10, 10)
+    assert stats["add"]["errors"] == stats["more"]["errors"] == 0
+    # the dead letter holds what `check` received (after `add`): replay runs check -> more -> write
+    again = subprocess.run([sys.executable, "-m", "flow.cli", "replay", str(tmp_path / "dl.jsonl"),
+                            "--set", "check.fail_on=[]", "--quiet"],
+                           cwd=ROOT, capture_output=True, timeout=120)
+    assert again.returncode == 0, again.stderr.decode()[-2000:]
+    final = {r["key"]: r["event"] for r in read_jsonl(str(tmp_path / "out.jsonl"))}
+    assert set(final) == {str(i) for i in range(1000)}
+    assert all(final[k]["value"] == int(k) + 2 for k in final)   # add and more, once each
+
+
+def test_kill_9_of_chain_workers_mid_run_loses_and_duplicates_nothing(tmp_path):
+    graph = load(tmp_path, """
+        name: kill
+        steps:
+          - {name: read, use: "tests.steps:Counter", with: {n: 4000}, to: [work]}
+          - {name: work, use: "tests.steps:Sleep", with: {ms: 0.3}, workers: 2, to: [add]}
+          - {name: add, use: "tests.steps:AddOne", to: [split]}
+          - {name: split, use: "tests.steps:Split", with: {parts: 2}, to: [write]}
+          - {name: write, use: "tests.steps:ListConsumer", with: {path: OUT/out.jsonl}}
+        router: {dead_letter: OUT/dl.jsonl, max_retries: 50, heartbeat_s: 0.5}
+        """)
+    killed: list = []
+    rng = random.Random(2)
+    summary = run_watching(graph, tmp_path, 0.25,
+                           lambda router: kill_random_worker(router, rng, ("work",), killed))
+    assert len(killed) >= 3, "the test must actually kill chain workers"
+    out = collections.Counter(r["key"] for r in read_jsonl(str(tmp_path / "out.jsonl")))
+    assert set(out) == {f"{i}/{k}" for i in range(4000) for k in range(2)}
+    assert max(out.values()) == 1, "exactly once at the consumer"
+    values = {r["key"]: r["event"]["value"] for r in read_jsonl(str(tmp_path / "out.jsonl"))}
+    assert all(values[f"{i}/0"] == i + 1 for i in range(4000))
+    assert summary.exit_code == EXIT_OK and summary.workers_started > 4
+
+
+def test_fuse_false_splits_a_chain_into_its_own_workers(tmp_path):
+    graph = load(tmp_path, """
+        name: split
+        steps:
+          - {name: read, use: "tests.steps:Counter", with: {n: 200}, to: [a]}
+          - {name: a, use: "tests.steps:AddOne", to: [b]}
+          - {name: b, use: "tests.steps:AddOne", to: [c]}
+          - {name: c, use: "tests.steps:AddOne", fuse: false, to: [d]}
+          - {name: d, use: "tests.steps:AddOne", to: [write]}
+          - {name: write, use: "tests.steps:ListConsumer", with: {path: OUT/out.jsonl}}
+        """)
+    seen: dict = {}
+
+    def on_start(router, publisher):
+        seen.update({n: (st.group, len(st.members)) for n, st in router.steps.items()})
+
+    summary = run(graph, RunOptions(quiet=True, run_dir=str(tmp_path / "run"),
+                                    stats_jsonl=str(tmp_path / "stats.jsonl"), on_start=on_start))
+    assert summary.exit_code == EXIT_OK
+    # a and b fuse; c has fuse: false and d is left alone after it: 5 processes, not 6
+    assert seen == {"read": ("", 0), "a": ("a", 2), "b": ("a", 0), "c": ("", 0), "d": ("", 0),
+                    "write": ("", 0)}
+    assert summary.workers_started == 5
+    stats = json.loads((tmp_path / "stats.jsonl").read_text().splitlines()[-1])["steps"]
+    assert [stats[n]["group"] for n in "abcd"] == ["a", "a", None, None]
+    assert all(stats[n]["in"] == stats[n]["out"] == 200 for n in "abcd")
+    assert {r["event"]["value"] - r["event"]["i"] for r in read_jsonl(str(tmp_path / "out.jsonl"))} \
+        == {4}
