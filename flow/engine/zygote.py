@@ -13,7 +13,8 @@ Requests arrive on stdin, one JSON line ``{"endpoint", "worker_id", "step", "key
 answers on the file descriptor given by ``--reply-fd`` with one line, the worker's pid (or
 ``error: ...``). The zygote reaps its children; it exits when stdin closes (its launcher is gone),
 leaving running workers to end on their own (they leave once their router is silent).
-`flow.engine.launcher.Zygote` is the client side.
+`Zygote` (used by `flow.engine.launcher.LocalLauncher`) is the client side and `ForkedProcess` the
+handle of a worker it forked.
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ import importlib
 import json
 import os
 import signal
+import subprocess
 import sys
+import time
 
 
 def preload(modules: list[str]) -> list[str]:
@@ -90,6 +93,97 @@ def serve(reply_fd: int) -> None:
                 traceback.print_exc()
                 os._exit(1)
         reply.write(f"{pid}\n")
+
+
+class ForkedProcess:
+    """A worker forked by the zygote (not our child): ``poll``, ``kill`` and ``wait`` by pid, as
+    `subprocess.Popen` offers them (the zygote reaps it; its exit code is not known here)."""
+
+    def __init__(self, pid: int):
+        self.pid = pid
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            try:
+                os.kill(self.pid, 0)
+                with open(f"/proc/{self.pid}/stat", "rb") as f:   # a zombie is gone
+                    if f.read().rsplit(b")", 1)[-1].split()[0] == b"Z":
+                        self.returncode = -1
+            except ProcessLookupError:
+                self.returncode = -1
+            except OSError:   # no /proc (macOS) or not ours to signal: alive as far as we know
+                pass
+        return self.returncode
+
+    def kill(self) -> None:
+        try:
+            os.kill(self.pid, signal.SIGKILL)
+        except OSError:
+            pass
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.poll() is None:
+            if deadline is not None and time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(f"worker {self.pid}", timeout)
+            time.sleep(0.01)
+        return self.returncode
+
+
+class Zygote:
+    """Client of a `flow.engine.zygote` process: starts it (a fresh interpreter importing
+    ``modules``) and asks it for workers."""
+
+    def __init__(self, modules: list[str], env: dict):
+        r, w = os.pipe()
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "flow.engine.zygote", "--reply-fd", str(w), *modules],
+                env=env, stdin=subprocess.PIPE, pass_fds=(w,), text=True)
+        finally:
+            os.close(w)
+        self.replies = os.fdopen(r, "r")
+
+    def start(self, endpoint: str, worker_id: str, step: str, keys_dir: str | None
+              ) -> ForkedProcess:
+        """A forked worker; OSError if the zygote is gone or refused."""
+        request = {"endpoint": endpoint, "worker_id": worker_id, "step": step, "keys": keys_dir}
+        try:
+            self.proc.stdin.write(json.dumps(request) + "\n")
+            self.proc.stdin.flush()
+        except (BrokenPipeError, ValueError) as exc:
+            raise OSError(f"the worker template exited ({exc})") from None
+        line = self.replies.readline().strip()
+        if not line.isdigit():
+            raise OSError(f"the worker template could not start a worker: {line or 'it exited'}")
+        return ForkedProcess(int(line))
+
+    def close(self) -> None:
+        """Stop the template (the workers it started go on until their router is gone)."""
+        try:
+            self.proc.stdin.close()
+        except OSError:
+            pass
+        self.replies.close()
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def preload_modules(graph) -> list[str]:
+    """The modules a zygote imports for ``graph``: numpy, zmq and each step's module."""
+    from flow.graph.model import resolve_use
+    modules = ["numpy", "zmq", "msgpack"]
+    for spec in getattr(graph, "steps", ()):
+        try:
+            module = getattr(resolve_use(spec.use), "__module__", None)
+        except Exception:   # validation reports it; the worker will too
+            module = None
+        if module and module != "__main__" and module not in modules:
+            modules.append(module)
+    return modules
 
 
 def main(argv: list[str] | None = None) -> int:
