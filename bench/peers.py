@@ -115,6 +115,9 @@ class Preloaded(Producer):
 
     n = Param(int, 500, "events in all")
 
+    def publish_context(self) -> dict:
+        return load_events()[0]      # the subarray and calibration the chain needs
+
     def setup(self) -> None:
         self._events = load_events()[1]
 

@@ -32,7 +32,8 @@ def render(record: dict) -> Group:
         style = "bold red" if s.get("bottleneck") else None
         workers = f"{s['workers']}" if s["kind"] != "stager" else \
             f"{s['workers']} ({s['workers_min']}–{s['workers_max']})"
-        table.add_row(name + (" ◀ bottleneck" if s.get("bottleneck") else ""), s["kind"],
+        group = f" ⊂{s['group']}" if s.get("group") and s["group"] != name else ""   # fused
+        table.add_row(name + group + (" ◀ bottleneck" if s.get("bottleneck") else ""), s["kind"],
                       str(s["in"]), str(s["out"]), _fmt_rate(s["rate"]),
                       f"{s['queue']} / {_fmt_bytes(s['queue_bytes'])}", str(s["inflight"]),
                       workers, f"{s['busy'] * 100:.0f}%", f"{s['latency_p50_ms']:.2f}",
