@@ -227,3 +227,43 @@ def test_simtel_dl2_fused_and_unfused_write_identical_tables(tmp_path):
     unfused, s2 = run_config(tmp_path, "configs/simtel_dl2.yaml", False)
     assert s1.consumed == s2.consumed and s1.produced == s2.produced >= 9
     assert_same_tables(fused, unfused)
+
+
+# -------------------------------------------------------------------------- FusedChain, alone
+def chain_of(*steps):
+    from flow.engine.fused import FusedChain, Member
+    from flow.graph.step import instantiate
+    names = [f"s{i}" for i in range(len(steps))]
+    members = []
+    for i, (cls, params) in enumerate(steps):
+        targets = (names[i + 1],) if i + 1 < len(steps) else ("out",)
+        members.append(Member(names[i], instantiate(cls, "stager", names[i], params, {}), i + 1,
+                              targets))
+    return FusedChain(members)
+
+
+def test_a_chain_runs_its_steps_in_order_with_keys_and_paths_as_unfused():
+    from tests.steps import AddOne, DropOdd, Split
+    chain = chain_of((AddOne, {}), (Split, {"parts": 2}), (DropOdd, {}))
+    out, failure = chain.run("7", "0", {"i": 2, "value": 2})
+    assert failure is None
+    assert [(k, p, t, ev["value"], ev["part"]) for k, p, t, ev in out] == \
+        [("7/0", "0.1.2.3", "", 3, 0), ("7/1", "0.1.2.3", "", 3, 1)]
+    assert chain.run("8", "0", {"i": 3, "value": 3}) == ([], None)     # dropped by s2
+    counts = chain.take_counts()
+    assert [c[:3] for c in counts] == [[2, 2, 2], [2, 2, 4], [4, 4, 2]]
+    assert all(c[3] >= 0 for c in counts) and chain.take_counts()[0][:3] == [0, 0, 0]
+
+
+def test_a_failing_step_loses_only_its_event_and_snapshots_its_input_when_careful():
+    from tests.steps import FailOn, Split
+    chain = chain_of((Split, {"parts": 3}), (FailOn, {"fail_on": [5]}))
+    out, failure = chain.run("k", "0", {"i": 5, "value": 5})
+    assert out == [] and failure[0] == "RuntimeError: FailOn: i=5" and failure[2] == "s1"
+    assert "Traceback" in failure[1] and len(failure) == 3
+    out, failure = chain.run("k", "0", {"i": 5, "value": 5}, careful=True)
+    key, path, frames = failure[3:]
+    from flow.wire import codec
+    assert (key, path) == ("k/0", "0.1") and codec.decode(frames) == {"i": 5, "value": 5, "part": 0}
+    out, failure = chain.run("k", "0", {"i": 4, "value": 4})
+    assert failure is None and [k for k, *_ in out] == ["k/0", "k/1", "k/2"]
