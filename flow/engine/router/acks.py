@@ -74,7 +74,7 @@ class AckHandling:
             st.n_dups += dups
         queued = self.enqueue_outputs(st, out, msg.frames, refs, blob)
         if st.members:
-            self.account_chain(st, chain_counts, queued)
+            self.account_chain(st, chain_counts, queued, busy)
         else:
             st.n_done += ok
             st.busy_s += busy
@@ -87,23 +87,22 @@ class AckHandling:
         if w.state == "retiring" and not w.leases:
             self._send(w, P.STOP, {"teardown": True})
 
-    def account_chain(self, st: StepState, counts: list, queued: int) -> None:
+    def account_chain(self, st: StepState, counts: list, queued: int, busy: float) -> None:
         """A fused lease's per-step counters go to each step of the chain; what its last step
-        sent on is what was queued downstream."""
-        total = 0.0
+        sent on is what was queued downstream; the lease's whole busy time (decoding, every step,
+        encoding) is the chain's (``unit_busy_s``, what scaling reads)."""
         last = st.members[-1]
-        for m, (n_in, done, n_out, busy) in zip(st.members, counts, strict=True):
+        for m, (n_in, done, n_out, step_busy) in zip(st.members, counts, strict=True):
             if m is not st:
                 m.n_in += n_in
             m.n_done += done
-            m.busy_s += busy
-            total += busy
+            m.busy_s += step_busy
             if m is not last:
                 m.n_out += n_out
             if done:
-                m.latencies.extend([busy / done] * min(done, 16))
+                m.latencies.extend([step_busy / done] * min(done, 16))
         last.n_out += queued
-        st.unit_busy_s += total
+        st.unit_busy_s += busy
 
     def _check_ack(self, msg: P.Message, n: int) -> tuple:
         """(outputs, failures, shm references, blob, busy_s, dups) of an ACK for ``n`` events;

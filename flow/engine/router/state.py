@@ -135,7 +135,8 @@ class StepState:
     # chain keep their own counters and point at that unit; they never have queue or workers.
     members: tuple = ()              # of StepState, on a chain's first step
     unit: StepState | None = None    # on the other steps of a chain: its first step
-    unit_busy_s: float = 0.0         # on a chain's first step: busy seconds of the whole chain
+    unit_busy_s: float = 0.0         # on a chain's first step: busy seconds of its leases (all steps,
+                                     # decoding and encoding included)
     pinned: bool = False
 
     @property
