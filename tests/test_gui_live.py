@@ -188,15 +188,15 @@ def test_counts_per_step_when_the_run_finishes(qtbot, live, make_window):
     qtbot.waitUntil(lambda: window.state_label.text() == "FINISHED · NOT RUNNING", timeout=WAIT_MS)
 
 
-FUSED = f"""
+FUSED = """
 name: live-fused
 steps:
-  - {{name: read, use: "tests.steps:Counter", with: {{n: 3000}}, to: [a]}}
-  - {{name: a, use: "tests.steps:Sleep", with: {{ms: 1}}, workers: 2, to: [b]}}
-  - {{name: b, use: "tests.steps:AddOne", to: [c]}}
-  - {{name: c, use: "tests.steps:AddOne", fuse: false, to: [write]}}
-  - {{name: write, use: "tests.steps:ListConsumer", with: {{path: OUT/out.jsonl}}}}
-router: {{dead_letter: OUT/dl.jsonl, stats_interval_s: 0.3}}
+  - {name: read, use: "tests.steps:Counter", with: {n: 3000}, to: [a]}
+  - {name: a, use: "tests.steps:Sleep", with: {ms: 1}, workers: 2, to: [b]}
+  - {name: b, use: "tests.steps:AddOne", to: [c]}
+  - {name: c, use: "tests.steps:AddOne", fuse: false, to: [write]}
+  - {name: write, use: "tests.steps:ListConsumer", with: {path: OUT/out.jsonl}}
+router: {dead_letter: OUT/dl.jsonl, stats_interval_s: 0.3}
 """
 
 

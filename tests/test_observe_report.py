@@ -11,7 +11,7 @@ os.environ.setdefault("MPLCONFIGDIR", "/tmp/flow-mpl")
 pytest.importorskip("matplotlib")
 
 from flow.errors import FlowError  # noqa: E402
-from flow.observe.report import main, make_report, read_stats, series  # noqa: E402
+from flow.observe.report import legend_label, main, make_report, read_stats, series  # noqa: E402
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -58,3 +58,9 @@ def test_cli(jsonl, tmp_path, capsys):
     assert main([str(empty), "-o", str(tmp_path / "x")]) == 2
     with pytest.raises(FlowError, match="no stats records"):
         read_stats(empty)
+
+
+def test_fused_steps_are_named_with_their_chain_in_the_legends():
+    groups = {"calibrate": "calibrate", "clean": "calibrate"}
+    assert legend_label("clean", groups) == "clean [fused: calibrate]"
+    assert legend_label("write", groups) == "write"

@@ -40,8 +40,6 @@ def read_stats(path: str | Path) -> list[dict]:
 def series(records: list[dict], field: str) -> tuple[list[float], dict[str, list[float]]]:
     """Seconds since the first record, and ``field`` per step (NaN where a step is missing)."""
     t0 = records[0].get("t") or 0.0
-    groups = {n: s.get("group") for r in records for n, s in r["steps"].items()
-              if isinstance(s, dict) and s.get("group")}
     t = [(r.get("t") or t0) - t0 for r in records]
     names: list[str] = []
     for r in records:
@@ -49,6 +47,11 @@ def series(records: list[dict], field: str) -> tuple[list[float], dict[str, list
     values = {n: [float(r["steps"].get(n, {}).get(field) or 0.0) if n in r["steps"] else float("nan")
                   for r in records] for n in names}
     return t, values
+
+
+def legend_label(step: str, groups: dict) -> str:
+    """A step's name in the legends, with its fused chain when it runs in one."""
+    return f"{step} [fused: {groups[step]}]" if groups.get(step) else step
 
 
 def make_report(path: str | Path, out_dir: str | Path) -> list[Path]:
@@ -74,9 +77,7 @@ def make_report(path: str | Path, out_dir: str | Path) -> list[Path]:
         fig, ax = plt.subplots(figsize=(10, 4.5), layout="constrained")
         for i, (step, y) in enumerate(values.items()):
             colour = f"C{i % 10}"
-            group = groups.get(step)
-            label = f"{step} [fused: {group}]" if group else step
-            ax.plot(t, y, label=label, color=colour, drawstyle="steps-post" if field == "workers" else None)
+            ax.plot(t, y, label=legend_label(step, groups), color=colour, drawstyle="steps-post" if field == "workers" else None)
             if field == "workers":
                 dec = [d for r in records for d in r.get("decisions") or [] if d.get("step") == step]
                 ax.scatter([d["t"] - t0 for d in dec], [d["new"] for d in dec], marker="v",
