@@ -351,9 +351,11 @@ class Worker:
                     print(f"flow worker {self.worker_id}: bad DATA: {exc}", file=sys.stderr)
                     n = msg.envelope.get("n")
                     n = n if type(n) is int and 0 <= n <= P.MAX_ITEMS else 0
-                    self.send_outputs(P.ACK, {"lease": msg.envelope.get("lease"),
-                                              "failed": [[i, f"ProtocolError: {exc}", ""]
-                                                         for i in range(n)]}, [], [])
+                    env = {"lease": msg.envelope.get("lease"),
+                           "failed": [[i, f"ProtocolError: {exc}", ""] for i in range(n)]}
+                    if self.chain is not None:
+                        env["steps"] = self.chain.take_counts()
+                    self.send_outputs(P.ACK, env, [], [])
             elif msg.command == P.EOS:
                 self.send(P.BYE, self.teardown())
                 return
