@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 
 from flow.engine.zygote import ForkedProcess, Zygote, preload_modules
 from flow.errors import ProtocolError
+from flow.graph.model import Graph
 from flow.wire import protocol as P
 
 log = logging.getLogger("flow.launcher")
@@ -234,9 +235,15 @@ class LocalLauncher:
         spec = next((s for s in self.graph.steps if s.name == step), None)
         if spec is None:
             return False
-        from flow.graph.fusion import chain_pinned, plan
-        chain = next((c for c in plan(self.graph) if c.head == step), None)
-        pinned = chain_pinned(self.graph, chain) if chain is not None else spec.pinned
+        steps = getattr(self.router, "steps", None)
+        if steps and step in steps:          # the router's view: a fused chain's pinning
+            pinned = bool(steps[step].pinned)
+        elif isinstance(self.graph, Graph):  # a chain is pinned when one of its steps is
+            from flow.graph.fusion import chain_pinned, plan
+            chain = next((c for c in plan(self.graph) if c.head == step), None)
+            pinned = chain_pinned(self.graph, chain) if chain is not None else spec.pinned
+        else:
+            pinned = spec.pinned
         return spec.kind == "stager" and not pinned
 
     def _waiting(self) -> bool:
