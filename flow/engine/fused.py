@@ -9,7 +9,8 @@ events it was given: its siblings go on, and the input is reported failed under 
 (the router retries the input through the whole chain, as it retries any event). On an event's
 last attempt (``careful``) each step's input is encoded before the step runs, so that the dead
 letter holds what the failing step received and ``flow replay`` re-runs that step. Per-step
-counters (in, done, out, busy seconds) are kept for the statistics. No sockets here.
+counters (in, done, out, busy seconds) are kept for the statistics, and a tapped edge inside the
+chain gets its sample here (`take_sample`). No sockets here.
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ class FusedChain:
     def __init__(self, members: list[Member]):
         self.members = members
         self.counts = [[0, 0, 0, 0.0] for _ in members]    # n_in, done, n_out, busy_s
+        self.tap = ""        # a step whose next output is wanted as a sample (the monitor's tap)
+        self.sample: list | None = None   # [step, key, frames] of that output, once taken
 
     def take_counts(self) -> list:
         """The counters since the previous call (sent with each ACK), then reset."""
@@ -79,12 +82,20 @@ class FusedChain:
                 c[3] += clock() - t0
                 c[1] += 1
                 c[2] += len(routed)
+                if routed and m.name == self.tap and self.sample is None:
+                    self.take_sample(m.name, routed[0])
                 if j == last:
                     out.extend((k2, new_path, t, ev2) for k2, t, ev2 in routed)
                 else:
                     nxt.extend((k2, new_path, ev2) for k2, _, ev2 in routed)
             frontier = nxt
         return out, failure
+
+    def take_sample(self, step: str, output: tuple) -> None:
+        """Keep ``output`` (key, target, event) of ``step``, encoded, for the monitor's tap of the
+        edge out of ``step`` (events inside a chain never pass the router)."""
+        self.sample = [step, output[0], [bytes(f) for f in codec.encode(output[2])]]
+        self.tap = ""
 
     def setup(self) -> None:
         for m in self.members:

@@ -373,6 +373,8 @@ class Worker:
             out, out_frames = [], []
             dups, failed = self.consume(items, payloads)
         elif self.chain is not None:
+            tap = msg.envelope.get("tap")
+            self.chain.tap = tap if type(tap) is str else ""
             attempt = msg.envelope.get("attempt", 0)
             careful = type(attempt) is int and attempt + 1 >= self.max_retries
             out, out_frames, failed = self.transform_fused(items, payloads, careful)
@@ -384,6 +386,8 @@ class Worker:
                "busy_s": time.perf_counter() - t0, "dups": dups}
         if self.chain is not None:
             env["steps"] = self.chain.take_counts()
+            if self.chain.sample is not None:   # the tapped edge inside the chain
+                env["sample"], self.chain.sample = self.chain.sample, None
         # drop this lease's views before send_outputs reports what the step kept of them (the
         # router must not recycle those segments) and what it has let go since the last report
         payloads = None  # noqa: F841

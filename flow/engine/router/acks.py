@@ -75,6 +75,8 @@ class AckHandling:
         queued = self.enqueue_outputs(st, out, msg.frames, refs, blob)
         if st.members:
             self.account_chain(st, chain_counts, queued, busy)
+            if "sample" in msg.envelope:
+                self.publish_chain_sample(st, msg.envelope["sample"])
         else:
             st.n_done += ok
             st.busy_s += busy
@@ -223,6 +225,24 @@ class AckHandling:
     @property
     def taps(self):
         return self.publisher.taps if self.publisher is not None else None
+
+    def chain_tap(self, st: StepState) -> str:
+        """The step of a fused chain whose edge to the next step is tapped and due for a sample
+        ("" if none): its worker then sends one output of that step with the ACK."""
+        for m, nxt in zip(st.members, st.members[1:], strict=False):
+            if self.publisher.sample_due(m.spec.name, nxt.spec.name):
+                return m.spec.name
+        return ""
+
+    def publish_chain_sample(self, st: StepState, sample) -> None:
+        """Publish the sample a fused worker took inside its chain (``[step, key, frames]``)."""
+        names = [m.spec.name for m in st.members]
+        if self.publisher is None or type(sample) is not list or len(sample) != 3 \
+                or sample[0] not in names[:-1] or type(sample[1]) is not str \
+                or type(sample[2]) is not list or not all(type(f) is bytes for f in sample[2]):
+            return   # not ours to check further: a sample is for display only
+        step, key, frames = sample
+        self.publisher.send_sample(step, names[names.index(step) + 1], key, frames)
 
     def _maybe_sample(self, src: StepState, t: str, batch: Batch) -> None:
         if self.publisher.sample_due(src.spec.name, t):
