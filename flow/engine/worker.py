@@ -3,7 +3,8 @@
 The worker connects a DEALER to the router's data socket, says HELLO, receives its CONFIG (what to
 run, its parameters, the producers' context), runs ``setup`` and then serves the router: a producer
 sends PRODUCE batches while it has credit; a stager or consumer answers each DATA lease with one ACK
-carrying the outputs. Heartbeats flow both ways; a worker whose router has gone silent exits.
+carrying the outputs. A worker of a fused chain (CONFIG ``chain``) runs every step of the chain on
+each event (`flow.engine.fused.FusedChain`) and its ACK adds per-step counters. Heartbeats flow both ways; a worker whose router has gone silent exits.
 
 About 470 lines in one module on purpose: it is one process around one socket, and the producer loop,
 the lease loop and the connection (send, heartbeats, shared-memory pins) share that socket's state;
