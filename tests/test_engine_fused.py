@@ -267,3 +267,13 @@ def test_a_failing_step_loses_only_its_event_and_snapshots_its_input_when_carefu
     assert (key, path) == ("k/0", "0.1") and codec.decode(frames) == {"i": 5, "value": 5, "part": 0}
     out, failure = chain.run("k", "0", {"i": 4, "value": 4})
     assert failure is None and [k for k, *_ in out] == ["k/0", "k/1", "k/2"]
+
+
+def test_one_event_through_dict_steps_takes_the_short_path_with_the_same_results():
+    from tests.steps import AddOne, FailOn
+    chain = chain_of((AddOne, {}), (FailOn, {"fail_on": [3]}), (AddOne, {}))
+    assert chain.run("1", "0", {"i": 1, "value": 1}) == \
+        ([("1", "0.1.2.3", "", {"i": 1, "value": 3})], None)
+    out, failure = chain.run("3", "0", {"i": 3, "value": 3})
+    assert out == [] and failure[0] == "RuntimeError: FailOn: i=3" and failure[2] == "s1"
+    assert [c[:3] for c in chain.take_counts()] == [[2, 2, 2], [2, 1, 1], [1, 1, 1]]

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from flow.engine.outputs import ALL, path_after, stager_outputs
 from flow.wire import codec
@@ -31,6 +31,15 @@ class Member:
     step: object
     index: int
     targets: tuple[str, ...]
+    paths: dict = field(default_factory=dict)   # input path -> path after this step (cached)
+
+    def next_path(self, path: str) -> str:
+        p = self.paths.get(path)
+        if p is None:
+            p = self.paths[path] = path_after(path, self.index)
+            if len(self.paths) > 4096:    # paths repeat (one per route through the graph)
+                self.paths.clear()
+        return p
 
 
 class FusedChain:
@@ -52,22 +61,56 @@ class FusedChain:
         """(outputs ``[(key, path, target, event)]`` of the last step, the first failure or
         None): a failure is ``[error, traceback, step]`` plus, when ``careful`` and the step is
         not the first, ``key, path, frames`` of its input."""
-        frontier = [(key, path, event)]
+        clock = time.perf_counter
+        counts = self.counts
+        if careful or self.tap:
+            return self._run_from(0, [(key, path, event)], careful)
+        # the common case: one event, each step returning one dict; the first step that returns
+        # anything else hands its result over to the general loop (`_run_from`)
+        for j, m in enumerate(self.members):
+            c = counts[j]
+            c[0] += 1
+            t0 = clock()
+            try:
+                result = m.step.process(event)
+            except Exception as exc:   # one event: nothing else is lost
+                c[3] += clock() - t0
+                return [], [f"{type(exc).__name__}: {exc}", traceback.format_exc(), m.name]
+            if type(result) is not dict:
+                return self._run_from(j, [(key, path, event)], careful, (result, t0))
+            c[1] += 1
+            c[2] += 1
+            c[3] += clock() - t0
+            path = m.next_path(path)
+            event = result
+        return [(key, path, ALL, event)], None
+
+    def _run_from(self, start: int, frontier: list, careful: bool, first=None
+                  ) -> tuple[list, list | None]:
+        """The general loop, from step ``start`` on ``frontier`` ``[(key, path, event)]``;
+        ``first``: (result, t0) of step ``start`` on the single event of ``frontier``, when
+        already computed."""
         failure = None
         clock = time.perf_counter
         last = len(self.members) - 1
         out: list = []
-        for j, m in enumerate(self.members):
+        for j in range(start, last + 1):
+            m = self.members[j]
             c = self.counts[j]
             nxt: list = []
             process = m.step.process
-            c[0] += len(frontier)
+            if first is None:
+                c[0] += len(frontier)
             for k, p, ev in frontier:
                 snap = [bytes(f) for f in codec.encode(ev)] if careful and j else None
                 t0 = clock()
                 try:
-                    result = process(ev)
-                    new_path = path_after(p, m.index)
+                    if first is not None:
+                        result, t0 = first
+                        first = None
+                    else:
+                        result = process(ev)
+                    new_path = m.next_path(p)
                     if type(result) is dict:
                         routed = ((k, ALL, result),)
                     else:
