@@ -209,7 +209,8 @@ def run_config(tmp_path, config: str, fuse: bool, **overrides):
     graph = load_graph(os.path.join(ROOT, config), {"write.path": str(out), **overrides})
     graph = replace(graph, router=replace(graph.router, fuse=fuse,
                                           dead_letter=str(tmp_path / "dl.jsonl")))
-    summary = run(graph, RunOptions(quiet=True, run_dir=str(tmp_path / f"run-{fuse}")))
+    summary = run(graph, RunOptions(quiet=True, run_dir=str(tmp_path / f"run-{fuse}"),
+                                    scale=False))   # a fixed worker count: processes counted
     assert summary.exit_code == EXIT_OK and summary.dead_letter == 0
     return out, summary
 
