@@ -11,7 +11,8 @@ noise hits all of them alike:
 - engine: producer -> one no-op stager (one worker) -> consumer, the producer re-yielding one
   pre-built numpy uint8 payload (bench/steps.py: Payload); events/s from the consumer's first event
   to its last (so worker start-up and end of stream are not counted).
-- chain4: the same with four no-op stagers in a row.
+- chain4: the same with four no-op stagers in a row (fused into one worker, the default);
+  chain4_unfused: the same with ``router: {fuse: false}`` (a worker and a router hop per stager).
 - eos_exit_s: RunSummary.eos_exit_s of the engine runs (last event -> run returns).
 
 ratio = engine events/s / raw messages/s, computed per repeat and reported as the median over repeats.
@@ -107,12 +108,13 @@ def run_quiet(graph, run_dir: str, **kw):
         return run(graph, RunOptions(quiet=True, view=False, run_dir=run_dir, **kw))
 
 
-def engine_rate(size: int, n: int, n_stagers: int, tmp: str) -> tuple[float, float, float]:
+def engine_rate(size: int, n: int, n_stagers: int, tmp: str, fuse: bool = True
+                ) -> tuple[float, float, float]:
     """(events/s first->last at the consumer, eos_exit_s, start-up s) of one engine run; start-up
     is wall_s minus the consumer's first->last span minus eos_exit_s."""
     run_dir = tempfile.mkdtemp(prefix="run-", dir=tmp)
     stamp = os.path.join(run_dir, "stamp.json")
-    summary = run_quiet(engine_graph(size, n, n_stagers, stamp), run_dir)
+    summary = run_quiet(engine_graph(size, n, n_stagers, stamp, RouterOptions(fuse=fuse)), run_dir)
     rec = json.loads(Path(stamp).read_text())
     if rec["n"] != n or summary.exit_code != 0:
         raise RuntimeError(f"engine run lost events: consumer saw {rec['n']} of {n}, "
@@ -133,6 +135,7 @@ def throughput(quick: bool, repeats: int) -> dict:
     raw: dict[str, list] = {k: [] for k in SIZES}
     eng: dict[str, list] = {k: [] for k in SIZES}
     ch4: dict[str, list] = {k: [] for k in SIZES}
+    ch4u: dict[str, list] = {k: [] for k in SIZES}
     eos: list[float] = []
     startup: list[float] = []
     t_start = time.monotonic()
@@ -142,34 +145,40 @@ def throughput(quick: bool, repeats: int) -> dict:
             r = raw_rate(size, n_raw, tmp)
             e, eos_s, st1 = engine_rate(size, n_eng, 1, tmp)
             c, eos_c, st4 = engine_rate(size, n_ch, 4, tmp)
+            ch4u[label].append(engine_rate(size, n_ch, 4, tmp, fuse=False)[0])
             startup += [st1, st4]
             raw[label].append(r)
             eng[label].append(e)
             ch4[label].append(c)
             eos += [eos_s, eos_c]
             print(f"  repeat {rep + 1}/{repeats} {label:>6}: raw {fmt(r):>7} msg/s  "
-                  f"engine {fmt(e):>7} ev/s  chain4 {fmt(c):>7} ev/s  "
+                  f"engine {fmt(e):>7} ev/s  chain4 {fmt(c):>7} ev/s "
+                  f"(unfused {fmt(ch4u[label][-1]):>7})  "
                   f"eos_exit {eos_s * 1e3:.0f}/{eos_c * 1e3:.0f} ms", flush=True)
     med = statistics.median
     ratio = {k: med([e / r for e, r in zip(eng[k], raw[k], strict=True)]) for k in SIZES}
     ratio4 = {k: med([c / r for c, r in zip(ch4[k], raw[k], strict=True)]) for k in SIZES}
+    ratio4u = {k: med([c / r for c, r in zip(ch4u[k], raw[k], strict=True)]) for k in SIZES}
     print()
     print(f"median of {repeats} repeats ({time.monotonic() - t_start:.0f} s); transport ipc://; "
           f"ratio = engine ev/s / raw msg/s (median of per-repeat ratios)")
     head = f"{'payload':>8} {'raw msg/s':>11} {'1-stager ev/s':>14} {'ratio':>7} " \
-           f"{'chain4 ev/s':>12} {'ratio':>7} {'raw MB/s':>9} {'eng MB/s':>9}"
+           f"{'chain4 ev/s':>12} {'ratio':>7} {'unfused':>8} {'raw MB/s':>9} {'eng MB/s':>9}"
     print(head)
     print("-" * len(head))
     for k, size in SIZES.items():
         print(f"{k:>8} {fmt(med(raw[k])):>11} {fmt(med(eng[k])):>14} {ratio[k]:>7.3f} "
-              f"{fmt(med(ch4[k])):>12} {ratio4[k]:>7.3f} {med(raw[k]) * size / 1e6:>9.0f} "
+              f"{fmt(med(ch4[k])):>12} {ratio4[k]:>7.3f} {ratio4u[k]:>8.3f} "
+              f"{med(raw[k]) * size / 1e6:>9.0f} "
               f"{med(eng[k]) * size / 1e6:>9.0f}")
     print(f"eos_exit_s (last event -> run returned): median {med(eos):.3f} s, "
           f"max {max(eos):.3f} s over {len(eos)} runs")
     print(f"start-up (run start -> first event at the consumer, not in ev/s): median "
-          f"{med(startup[0::2]):.2f} s (3 processes), {med(startup[1::2]):.2f} s (6 processes)")
+          f"{med(startup[0::2]):.2f} s (3 processes), {med(startup[1::2]):.2f} s (chain4: 3 "
+          f"processes, fused)")
     return {"ratio": {k: round(v, 4) for k, v in ratio.items()},
             "ratio_chain4": {k: round(v, 4) for k, v in ratio4.items()},
+            "ratio_chain4_unfused": {k: round(v, 4) for k, v in ratio4u.items()},
             "eos_exit_s": round(med(eos), 4),
             "startup_s": {"1stager": round(med(startup[0::2]), 3),
                           "chain4": round(med(startup[1::2]), 3)},

@@ -4,7 +4,9 @@ larger in the view, e.g. the nine steps of configs/demo.yaml in two bands.
 
 A box shows the step's name and kind, rate, queue, workers (current, min–max) and busy fraction; its
 colour goes green -> amber -> red with the load (busy fraction), and the bottleneck gets a thick
-yellow outline. `node_text(name)` gives what a box shows (tests read it).
+yellow outline. The steps of a fused chain (the ``group`` of their statistics: they share worker
+processes) sit on one dashed frame labelled "fused · FIRST STEP", drawn per band when the chain
+wraps. `node_text(name)` gives what a box shows and `group_frames()` the frames drawn (tests read them).
 """
 
 from __future__ import annotations
@@ -105,6 +107,8 @@ class GraphView(QtWidgets.QGraphicsView):
         self._band: dict[str, int] = {}
         self._columns_per_band = 1
         self._stats: dict | None = None
+        self._groups: dict[str, str] = {}      # step -> its fused chain's first step
+        self._group_items: list = []
         self._placeholder("waiting for the pipeline graph…")
 
     def _placeholder(self, text: str) -> None:
@@ -150,6 +154,8 @@ class GraphView(QtWidgets.QGraphicsView):
         scene = self.scene()
         scene.clear()
         self.nodes = {}
+        self._group_items = []
+        self._groups = {}
         if graph is None:
             return
         steps = graph.get("steps") or []
@@ -214,6 +220,43 @@ class GraphView(QtWidgets.QGraphicsView):
         steps = (stats or {}).get("steps") or {}
         for name, node in self.nodes.items():
             node.set_stats(steps.get(name), self._steps.get(name))
+        groups = {n: str(s["group"]) for n, s in steps.items()
+                  if isinstance(s, dict) and s.get("group") and n in self.nodes}
+        if groups != self._groups:
+            self._draw_groups(groups)
+
+    def _draw_groups(self, groups: dict[str, str]) -> None:
+        """One dashed frame per fused chain and band, behind its boxes."""
+        for item in self._group_items:
+            self.scene().removeItem(item)
+        self._group_items = []
+        self._groups = groups
+        spans: dict[tuple[str, int], QtCore.QRectF] = {}
+        for name, group in groups.items():
+            node = self.nodes[name]
+            rect = QtCore.QRectF(node.pos(), QtCore.QSizeF(NODE_W, NODE_H))
+            key = (group, self._band.get(name, 0))
+            spans[key] = spans[key].united(rect) if key in spans else rect
+        pen = QtGui.QPen(QtGui.QColor(theme.MUTED), 1.4, QtCore.Qt.DashLine)
+        for (group, _), rect in sorted(spans.items()):
+            frame = self.scene().addRect(rect.adjusted(-12, -20, 12, 10), pen,
+                                         QtGui.QBrush(QtGui.QColor(255, 255, 255, 14)))
+            frame.setZValue(-1)
+            frame.setToolTip(f"fused: these steps run in one worker process (chain of '{group}')")
+            label = self.scene().addSimpleText(f"fused · {group}")
+            small = QtGui.QFont()
+            small.setPointSizeF(7.5)
+            label.setFont(small)
+            label.setBrush(QtGui.QColor(theme.MUTED))
+            label.setPos(rect.left() - 6, rect.top() - 18)
+            self._group_items += [frame, label]
+
+    def group_frames(self) -> dict[str, list[str]]:
+        """Fused chain (its first step) -> the steps drawn inside its frame."""
+        out: dict[str, list[str]] = {}
+        for name, group in self._groups.items():
+            out.setdefault(group, []).append(name)
+        return out
 
     def node_text(self, name: str) -> str:
         return self.nodes[name].text()

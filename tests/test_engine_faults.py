@@ -243,6 +243,7 @@ def test_scaler_moves_workers_to_a_step_that_slows_down(tmp_path):
             use: tests.engine_steps:Busy
             with: {ms: 1, ms_after: 10, switch_at: 300}
             workers: {min: 1, max: 3}
+            fuse: false     # scaled on its own (fused, fast and slow would scale as one)
             to: [write]
           - {name: write, use: "tests.steps:ListConsumer", with: {path: OUT/out.jsonl}}
         router: {dead_letter: OUT/dl.jsonl, cpu_budget: 3, queue_limit: 200,

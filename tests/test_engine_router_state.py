@@ -63,3 +63,42 @@ def test_outputs_of_reads_items_only_when_routed():
 def test_outputs_of_rejects_malformed_outputs(env):
     with pytest.raises(ProtocolError):
         outputs_of(env)
+
+
+def fused_graph():
+    from flow.graph.model import Graph, RouterOptions
+    from flow.graph.model import step as s
+    chain = s("read", "tests.steps:Counter") | s("a", "tests.steps:AddOne", workers=(1, 3)) | \
+        s("b", "tests.steps:AddOne", workers=2) | s("write", "tests.steps:ListConsumer", path="x")
+    g = chain.graph("g")
+    return g, Graph("g", g.steps, RouterOptions(fuse=False))
+
+
+def test_build_steps_gives_a_chain_one_unit_and_keeps_a_state_per_step():
+    from flow.engine.router.state import build_steps, unit_of
+    fused, unfused = fused_graph()
+    steps = build_steps(fused)
+    a, b, write = steps["a"], steps["b"], steps["write"]
+    assert a.members == (a, b) and b.unit is a and unit_of(b) is a and unit_of(a) is a
+    assert (a.group, b.group, write.group, steps["read"].group) == ("a", "a", "", "")
+    assert a.targets == ("write",) and write.inputs == {"a"}      # the chain feeds the writer
+    assert (a.min_workers, a.max_workers, a.desired) == (2, 3, 2) and b.desired == 0
+    plain = build_steps(unfused)
+    assert plain["write"].inputs == {"b"} and not plain["a"].members and plain["b"].unit is None
+
+
+def test_fused_acks_are_checked_before_anything_changes():
+    from flow.engine.router.state import build_steps, check_chain_counts, check_chain_failures
+    fused, unfused = fused_graph()
+    a = build_steps(fused)["a"]
+    assert check_chain_counts([[3, 3, 3, 0.1], [3, 2, 2, 0.2]], 2)
+    for bad in (None, [[3, 3, 3, 0.1]], [[3, 3, 3, 0.1], [3, -1, 2, 0.2]],
+                [[3, 3, 3, 0.1], [3, 2, 2, "x"]]):
+        with pytest.raises(ProtocolError):
+            check_chain_counts(bad, 2)
+    check_chain_failures([[0, "E", "tb", "b"], [1, "E", "tb", "b", "1", "0.1", [b"x"]]], a)
+    for bad in ([[0, "E", "tb", "elsewhere"]], [[0, "E", "tb", "b", "1", "0.1", ["x"]]]):
+        with pytest.raises(ProtocolError):
+            check_chain_failures(bad, a)
+    with pytest.raises(ProtocolError):   # an unfused step's ACK cannot name a step
+        check_chain_failures([[0, "E", "tb", "b"]], build_steps(unfused)["a"])

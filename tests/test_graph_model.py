@@ -387,6 +387,7 @@ def test_show_config_lists_every_option_with_type_default_and_help():
         "use": "tests.steps:add_one",
         "workers": {"min": 1, "max": 4},
         "pinned": False,
+        "fuse": True,
         "with": {"amount": 3},
         "to": ["write"],
     }

@@ -188,6 +188,35 @@ def test_counts_per_step_when_the_run_finishes(qtbot, live, make_window):
     qtbot.waitUntil(lambda: window.state_label.text() == "FINISHED · NOT RUNNING", timeout=WAIT_MS)
 
 
+FUSED = """
+name: live-fused
+steps:
+  - {name: read, use: "tests.steps:Counter", with: {n: 3000}, to: [a]}
+  - {name: a, use: "tests.steps:Sleep", with: {ms: 1}, workers: 2, to: [b]}
+  - {name: b, use: "tests.steps:AddOne", to: [c]}
+  - {name: c, use: "tests.steps:AddOne", fuse: false, to: [write]}
+  - {name: write, use: "tests.steps:ListConsumer", with: {path: OUT/out.jsonl}}
+router: {dead_letter: OUT/dl.jsonl, stats_interval_s: 0.3}
+"""
+
+
+def test_fused_chain_is_drawn_as_one_group_with_every_step_counted(qtbot, live, make_window,
+                                                                   tmp_path):
+    run = live(FUSED)
+    window = make_window(run.monitor, run.control, run.token)
+    view = window.graph_view
+    qtbot.waitUntil(lambda: view.group_frames() == {"a": ["a", "b"]}, timeout=WAIT_MS)
+    qtbot.waitUntil(lambda: table_counts(window, "in")["b"] > 0, timeout=WAIT_MS)
+    assert "workers  2  (2–2)" in view.node_text("b")       # b runs in a's two workers
+    out = tmp_path / "fused.png"
+    assert gui_app.grab(window, str(out)) and out.stat().st_size > 20_000
+    summary = run.join()
+    assert summary.state == "finished" and summary.consumed == {"write": 3000}
+    final = run.records()[-1]["steps"]
+    assert [final[n]["group"] for n in "abc"] == ["a", "a", None]
+    assert [final[n]["in"] for n in "abc"] == [3000, 3000, 3000]
+
+
 # ------------------------------------------------------------------------------------ (b) scaling
 SLOW = """
 name: live-slow

@@ -44,3 +44,19 @@ def test_exporter_serves_step_values():
     assert got['flow_step_dead_letters_total{step="clean"}'] == 1
     assert got["flow_run_produced_total"] == 400
     assert got[f'flow_run_info{{run_id="{rec["run_id"]}",state="running"}}'] == 1.0
+
+
+def test_exporter_names_the_chain_of_fused_steps():
+    fake = FakePipeline(interval=None)
+    try:
+        rec = fake.publish_stats()
+    finally:
+        fake.close()
+    rec["steps"]["calibrate"]["group"] = rec["steps"]["clean"]["group"] = "calibrate"
+    with MetricsExporter(0) as exporter:
+        exporter.update(rec)
+        got = scrape(exporter.port)
+    assert got['flow_step_fused{group="calibrate",step="clean"}'] == 1.0
+    assert got['flow_step_fused{group="calibrate",step="calibrate"}'] == 1.0
+    assert not any(k.startswith("flow_step_fused") and 'step="hillas"' in k for k in got)
+    assert got['flow_step_events_in_total{step="clean"}'] == rec["steps"]["clean"]["in"]

@@ -9,7 +9,7 @@ import pytest
 pytest.importorskip("matplotlib")
 
 from flow.errors import FlowError  # noqa: E402
-from flow.observe.report import main, make_report, read_stats, series  # noqa: E402
+from flow.observe.report import legend_label, main, make_report, read_stats, series  # noqa: E402
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -71,3 +71,9 @@ def test_a_failed_run_says_why(tmp_path, capsys):
     text = (tmp_path / "out" / "outcome.txt").read_text()
     assert "run f: failed" in text and "failure: step 'b' failed in setup" in text
     assert "restart:    1.50 s  step 'b' restart (signal): killed by SIGKILL" in text
+
+
+def test_fused_steps_are_named_with_their_chain_in_the_legends():
+    groups = {"calibrate": "calibrate", "clean": "calibrate"}
+    assert legend_label("clean", groups) == "clean [fused: calibrate]"
+    assert legend_label("write", groups) == "write"

@@ -1,8 +1,13 @@
 """Starting and stopping worker processes, on this host or on agents.
 
-`LocalLauncher` starts each worker as a fresh interpreter (``python -m flow.engine.worker``): a true spawn,
-safe where fork is not (threads, Qt, CUDA, macOS), and independent of how the parent was started (no
-``if __name__ == "__main__"`` guard needed in user scripts). The router asks a launcher for workers and
+`LocalLauncher` starts each worker from a warm template by default (``router: {start_method: zygote}``):
+a `Zygote`, one fresh interpreter (`flow.engine.zygote`) that imports the worker and the steps' modules
+once and forks a worker per request, so a worker starts in milliseconds instead of paying those imports
+again. The template is itself a fresh interpreter, so nothing of the parent is inherited (no
+sockets, no ZeroMQ context, no threads of a GUI or of CUDA) and no ``if __name__ == "__main__"`` guard
+is needed in user scripts. ``start_method: spawn`` (and any platform without ``os.fork``) starts each
+worker as a fresh interpreter (``python -m flow.engine.worker``), as before; a template that cannot
+start or dies falls back to that. The router asks a launcher for workers and
 never cares where they run; `flow.engine.agent` provides the remote counterpart.
 
 Agents (``flow agent``, see `flow.engine.agent`) are handled by the same launcher, so the router's default
@@ -27,7 +32,9 @@ import sys
 import time
 from dataclasses import dataclass, field
 
+from flow.engine.zygote import ForkedProcess, Zygote, preload_modules
 from flow.errors import ProtocolError
+from flow.graph.model import Graph
 from flow.wire import protocol as P
 
 log = logging.getLogger("flow.launcher")
@@ -138,8 +145,12 @@ class LocalLauncher:
     """
 
     def __init__(self, endpoint: str, keys_dir: str | None = None, run_tag: str = "",
-                 graph=None, agent_wait_s: float | None = None):
+                 graph=None, agent_wait_s: float | None = None, start_method: str | None = None):
         self.endpoint = endpoint
+        if start_method is None:
+            start_method = getattr(getattr(graph, "router", None), "start_method", "spawn")
+        self.start_method = start_method if hasattr(os, "fork") else "spawn"
+        self.zygote: Zygote | None = None
         self.keys_dir = keys_dir
         self._ids = itertools.count()
         self.run_tag = run_tag or f"{os.getpid()}"
@@ -190,10 +201,31 @@ class LocalLauncher:
         return self._start_process(wid, step)       # here, as a purely local launcher would
 
     def _start_process(self, wid: str, step: str) -> Handle:
-        proc = subprocess.Popen(worker_command(self.endpoint, wid, step, self.keys_dir),
-                                env=self.env, stdin=subprocess.DEVNULL)
+        proc = self._fork(wid, step) if self.start_method == "zygote" else None
+        if proc is None:
+            proc = subprocess.Popen(worker_command(self.endpoint, wid, step, self.keys_dir),
+                                    env=self.env, stdin=subprocess.DEVNULL)
         self.started += 1
         return Handle(wid, step, proc)
+
+    def _fork(self, wid: str, step: str) -> ForkedProcess | None:
+        """A worker forked from the template (started at the first request); None if it cannot
+        be (the caller spawns instead, and so does every later start)."""
+        try:
+            if self.zygote is None:
+                self.zygote = Zygote(preload_modules(self.graph), self.env)
+            return self.zygote.start(self.endpoint, wid, step, self.keys_dir)
+        except OSError as exc:
+            log.warning("worker template unavailable (%s): spawning workers instead", exc)
+            self.start_method = "spawn"
+            self.close()
+            return None
+
+    def close(self) -> None:
+        """Stop the worker template, if one was started."""
+        if self.zygote is not None:
+            self.zygote.close()
+            self.zygote = None
 
     def remote_ok(self, step: str) -> bool | None:
         """Whether ``step`` may run on an agent (an unpinned stager); None while the graph is
@@ -203,7 +235,16 @@ class LocalLauncher:
         spec = next((s for s in self.graph.steps if s.name == step), None)
         if spec is None:
             return False
-        return spec.kind == "stager" and not spec.pinned
+        steps = getattr(self.router, "steps", None)
+        if steps and step in steps:          # the router's view: a fused chain's pinning
+            pinned = bool(steps[step].pinned)
+        elif isinstance(self.graph, Graph):  # a chain is pinned when one of its steps is
+            from flow.graph.fusion import chain_pinned, plan
+            chain = next((c for c in plan(self.graph) if c.head == step), None)
+            pinned = chain_pinned(self.graph, chain) if chain is not None else spec.pinned
+        else:
+            pinned = spec.pinned
+        return spec.kind == "stager" and not pinned
 
     def _waiting(self) -> bool:
         return (self.agent_wait_s > 0 and not self._ever_registered

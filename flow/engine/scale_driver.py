@@ -36,14 +36,17 @@ class AutoScaler:
                 continue
             workers = sum(1 for w in st.workers.values() if w.state in ("starting", "ready"))
             queue = st.queue_events
-            t0, in0, done0, busy0, q0 = self.last.get(name, (now, st.n_in, st.n_done, st.busy_s,
+            if st.unit is not None:   # a fused step: its chain (the first step) is scaled
+                continue
+            busy_s = st.unit_busy_s if st.members else st.busy_s   # a chain: all its steps
+            t0, in0, done0, busy0, q0 = self.last.get(name, (now, st.n_in, st.n_done, busy_s,
                                                              queue))
-            self.last[name] = (now, st.n_in, st.n_done, st.busy_s, queue)
+            self.last[name] = (now, st.n_in, st.n_done, busy_s, queue)
             dt = now - t0
             if dt <= 0:
                 continue
             done = st.n_done - done0
-            busy = st.busy_s - busy0
+            busy = busy_s - busy0
             if done > 0:
                 sample = busy / done
                 prev = self.service.get(name)

@@ -3,7 +3,8 @@
 The worker connects a DEALER to the router's data socket, says HELLO, receives its CONFIG (what to
 run, its parameters, the producers' context), runs ``setup`` and then serves the router: a producer
 sends PRODUCE batches while it has credit; a stager or consumer answers each DATA lease with one ACK
-carrying the outputs. Heartbeats flow both ways; a worker whose router has gone silent exits.
+carrying the outputs. A worker of a fused chain (CONFIG ``chain``) runs every step of the chain on
+each event (`flow.engine.fused.FusedChain`) and its ACK adds per-step counters. Heartbeats flow both ways; a worker whose router has gone silent exits.
 
 About 470 lines in one module on purpose: it is one process around one socket, and the producer loop,
 the lease loop and the connection (send, heartbeats, shared-memory pins) share that socket's state;
@@ -23,6 +24,7 @@ import warnings
 
 import zmq
 
+from flow.engine.fused import FusedChain, Member
 from flow.engine.memory import tune_gc, tune_malloc
 from flow.engine.outputs import ALL, path_after, producer_outputs, stager_outputs
 from flow.errors import ProtocolError, StepError
@@ -136,6 +138,8 @@ class Worker:
         self._proc = None
         self.use_shm = False
         self.shm = None            # this process's ShmStore when shared memory is on
+        self.chain: FusedChain | None = None   # the steps of a fused chain, when it runs one
+        self.max_retries = 3
         self._last_stats = 0.0
         self.resume_from = 0       # a producer replacing one that died: events to skip
 
@@ -257,9 +261,15 @@ class Worker:
             self.use_shm = True
         try:
             context = codec.decode(msg.frames) if msg.frames else {}
-            obj = import_object(env["use"])
-            self.step = instantiate(obj, self.kind, self.step_name, env.get("params", {}), context)
-            self.step.setup()
+            if env.get("chain"):    # a fused chain (flow/engine/fused.py): every step, in order
+                self.chain = self.make_chain(env["chain"], context)
+                self.chain.setup()
+                self.step = self.chain
+            else:
+                obj = import_object(env["use"])
+                self.step = instantiate(obj, self.kind, self.step_name, env.get("params", {}),
+                                        context)
+                self.step.setup()
             # a resumed run, or a consumer replacing one that died: skip what the output holds
             if self.kind == "consumer" and (context.get("flow.resume") or env.get("replacement")):
                 self.done_keys = {str(k) for k in self.step.done_keys()}
@@ -274,6 +284,15 @@ class Worker:
             ready["replayable"] = bool(getattr(self.step, "replayable", False))
         self.send(P.READY, ready)
         return True
+
+    def make_chain(self, config: dict, context: dict) -> FusedChain:
+        """The steps of a fused chain from its CONFIG (docs/protocol.md)."""
+        self.max_retries = int(config.get("max_retries", 3))
+        return FusedChain([
+            Member(m["step"], instantiate(import_object(m["use"]), "stager", m["step"],
+                                          m.get("params", {}), context),
+                   int(m["index"]), tuple(m["targets"]))
+            for m in config["steps"]])
 
     def teardown(self) -> dict:
         try:
@@ -371,9 +390,11 @@ class Worker:
                     print(f"flow worker {self.worker_id}: bad DATA: {exc}", file=sys.stderr)
                     n = msg.envelope.get("n")
                     n = n if type(n) is int and 0 <= n <= P.MAX_ITEMS else 0
-                    self.send_outputs(P.ACK, {"lease": msg.envelope.get("lease"),
-                                              "failed": [[i, f"ProtocolError: {exc}", ""]
-                                                         for i in range(n)]}, [], [])
+                    env = {"lease": msg.envelope.get("lease"),
+                           "failed": [[i, f"ProtocolError: {exc}", ""] for i in range(n)]}
+                    if self.chain is not None:
+                        env["steps"] = self.chain.take_counts()
+                    self.send_outputs(P.ACK, env, [], [])
             elif msg.command == P.EOS:
                 self.send(P.BYE, self.teardown())
                 return
@@ -390,11 +411,22 @@ class Worker:
         if self.kind == "consumer":
             out, out_frames = [], []
             dups, failed = self.consume(items, payloads)
+        elif self.chain is not None:
+            tap = msg.envelope.get("tap")
+            self.chain.tap = tap if type(tap) is str else ""
+            attempt = msg.envelope.get("attempt", 0)
+            careful = type(attempt) is int and attempt + 1 >= self.max_retries
+            out, out_frames, failed = self.transform_fused(items, payloads, careful)
+            dups = 0
         else:
             out, out_frames, failed = self.transform(items, payloads)
             dups = 0
         env = {"lease": msg.envelope.get("lease"), "failed": failed,
                "busy_s": time.perf_counter() - t0, "dups": dups}
+        if self.chain is not None:
+            env["steps"] = self.chain.take_counts()
+            if self.chain.sample is not None:   # the tapped edge inside the chain
+                env["sample"], self.chain.sample = self.chain.sample, None
         # drop this lease's views before send_outputs reports what the step kept of them (the
         # router must not recycle those segments) and what it has let go since the last report
         payloads = None  # noqa: F841
@@ -421,6 +453,29 @@ class Worker:
                 self.done += 1
             except Exception as exc:
                 self.failed_event(failed, index, exc)
+            self.heartbeat_if_due()   # a long lease
+        return out, out_frames, failed
+
+    def transform_fused(self, items: list, payloads: list, careful: bool
+                        ) -> tuple[list, list, list]:
+        """A fused chain's lease: each event runs through every step of the chain here; only
+        the last step's outputs are encoded (`flow.engine.fused.FusedChain.run`)."""
+        out, out_frames, failed = [], [], []
+        run, decode, encode = self.chain.run, codec.decode, self.encode
+        for index, (item, frames) in enumerate(zip(items, payloads, strict=False)):
+            try:
+                routed, failure = run(item[0], item[1], decode(frames), careful)
+                encoded = [encode(ev) for _, _, _, ev in routed]      # all or none
+            except Exception as exc:   # decoding or encoding: the input is at fault
+                self.failed_event(failed, index, exc)
+                continue
+            out_frames.extend(encoded)
+            out.extend([k, p, target] for k, p, target, _ in routed)
+            if failure is None:
+                self.done += 1
+            else:
+                self.errors += 1
+                failed.append([index, *failure])
             self.heartbeat_if_due()   # a long lease
         return out, out_frames, failed
 

@@ -34,7 +34,7 @@ from flow.graph.yaml_lines import LineLoader, Map, Seq, plain
 __all__ = ["REGISTRY", "load_graph", "graph_from_text", "parse_overrides", "parse_workers"]
 
 TOP_KEYS = ("name", "description", "steps", "router")
-STEP_KEYS = ("name", "kind", "use", "with", "to", "workers", "pinned")
+STEP_KEYS = ("name", "kind", "use", "with", "to", "workers", "pinned", "fuse")
 WORKER_KEYS = ("min", "max")
 
 
@@ -245,6 +245,7 @@ class _Builder:
             to=self.targets(item, label),
             workers=self.workers(item, label, lines),
             pinned=item.get("pinned", False),
+            fuse=item.get("fuse", True),
             file=self.file,
             line=item.line,
             lines=tuple(lines.items()),
@@ -336,6 +337,8 @@ def _is_int(value: Any) -> bool:
 def _router_value(kind: type, value: Any) -> Any:
     if kind is str:
         return value if isinstance(value, str) else None
+    if kind is bool:
+        return value if isinstance(value, bool) else None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
     if kind is int:

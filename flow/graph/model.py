@@ -63,10 +63,17 @@ class RouterOptions:
     shm_threshold: int = _opt(
         64 << 10, "arrays of this many bytes or more travel via shared memory on one host (0: never)"
     )
+    start_method: str = _opt(
+        "zygote", "how local workers start: zygote (forked from a warm template) or spawn"
+    )
+    fuse: bool = _opt(
+        True, "consecutive stagers on a linear path run in one worker process (flow/graph/fusion.py)"
+    )
 
 
 ROUTER_TYPES: dict[str, type] = {
-    f.name: {"int": int, "float": float, "str": str}[str(f.type)] for f in fields(RouterOptions)
+    f.name: {"int": int, "float": float, "str": str, "bool": bool}[str(f.type)]
+    for f in fields(RouterOptions)
 }
 # lower bound of each numeric router option
 _ROUTER_MIN = {
@@ -101,6 +108,7 @@ class StepSpec:
     to: tuple[str, ...] = ()
     workers: Workers = Workers()
     pinned: bool = False  # stays on the router host (never placed on an agent)
+    fuse: bool = True  # may run fused with its neighbours in one worker (flow/graph/fusion.py)
     file: str | None = None
     line: int | None = None
     lines: tuple[tuple[str, int], ...] = ()
@@ -190,12 +198,13 @@ def step(
     to: str | Iterable[str] = (),
     workers: int | tuple[int, int] | Workers = 1,
     pinned: bool = False,
+    fuse: bool = True,
     **params: Any,
 ) -> StepSpec:
     """Build a `StepSpec` from Python; ``use`` may be a class, a function or "module:Name".
 
     ``kind`` defaults to the class's kind (a plain function is a stager). ``workers`` is N, (min, max)
-    or `Workers`. The caller's file and line are recorded, so errors point at the script.
+    or `Workers`; ``fuse=False`` keeps a stager in workers of its own (never fused). The caller's file and line are recorded, so errors point at the script.
     """
     caller = sys._getframe(1)
     if kind is None:
@@ -213,6 +222,7 @@ def step(
         to=targets,
         workers=workers,
         pinned=pinned,
+        fuse=fuse,
         file=caller.f_code.co_filename,
         line=caller.f_lineno,
     )

@@ -1,7 +1,8 @@
 """Render a `Graph`: Mermaid and Graphviz DOT drawings, and the effective configuration as YAML.
 
 ``to_mermaid`` and ``to_dot`` draw producers, stagers and consumers with distinct shapes and show a
-stager's worker bounds ("calibrate ×1–8"). ``show_config`` prints every option of every step (the
+stager's worker bounds ("calibrate ×1–8"); the steps of a fused chain (`flow.graph.fusion`) are
+drawn inside one box (a Mermaid subgraph, a DOT cluster) labelled with the chain's worker bounds. ``show_config`` prints every option of every step (the
 values in effect, with type, default and help as comments) and the router options; its output is
 itself a valid pipeline file. Call them on a validated graph.
 """
@@ -15,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from flow.graph.fusion import chain_workers, link_break, plan
 from flow.graph.model import ROUTER_TYPES, Graph, RouterOptions, StepSpec, resolve_use, use_label
 from flow.graph.params import REQUIRED, describe_params
 from flow.graph.step import Step
@@ -39,13 +41,32 @@ def _node_id(name: str) -> str:
     return "".join(c if c.isalnum() or c == "_" else "_" for c in name)
 
 
+def chain_label(graph: Graph, chain) -> str:
+    """``fused ×MIN–MAX`` (or ``fused ×N``): a fused chain's box."""
+    w = chain_workers(graph, chain)
+    return f"fused ×{w.min}" if w.min == w.max else f"fused ×{w.min}–{w.max}"
+
+
 def to_mermaid(graph: Graph) -> str:
-    """A Mermaid ``flowchart LR``: stadium producers, boxed stagers, cylinder consumers."""
+    """A Mermaid ``flowchart LR``: stadium producers, boxed stagers, cylinder consumers; each fused
+    chain a ``subgraph``."""
     lines = [f"%% pipeline: {graph.name}", "flowchart LR"]
-    for spec in graph.steps:
+    chains = {c.head: c for c in plan(graph)}
+    fused = {name for c in chains.values() for name in c.steps}
+
+    def node(spec: StepSpec, indent: str) -> str:
         left, right = _MERMAID_SHAPES.get(spec.kind, _MERMAID_SHAPES["stager"])
         label = node_label(spec).replace('"', "#quot;")
-        lines.append(f"    {_node_id(spec.name)}{left}{label}{right}")
+        return f"{indent}{_node_id(spec.name)}{left}{label}{right}"
+
+    for spec in graph.steps:
+        if spec.name in chains:
+            c = chains[spec.name]
+            lines.append(f'    subgraph fused_{_node_id(c.head)}["{chain_label(graph, c)}"]')
+            lines += [node(graph[name], "        ") for name in c.steps]
+            lines.append("    end")
+        elif spec.name not in fused:
+            lines.append(node(spec, "    "))
     for spec in graph.steps:
         lines += [f"    {_node_id(spec.name)} --> {_node_id(t)}" for t in spec.to]
     return "\n".join(lines) + "\n"
@@ -67,6 +88,11 @@ def to_dot(graph: Graph) -> str:
         lines.append(
             f"    {_dot_quote(spec.name)} [{shape}, label={_dot_quote(node_label(spec))}];"
         )
+    for c in plan(graph):
+        lines.append(f"    subgraph {_dot_quote('cluster_' + c.head)} {{")
+        lines.append(f"        label={_dot_quote(chain_label(graph, c))}; style=dashed;")
+        lines.append("        " + " ".join(f"{_dot_quote(n)};" for n in c.steps))
+        lines.append("    }")
     for spec in graph.steps:
         lines += [f"    {_dot_quote(spec.name)} -> {_dot_quote(t)};" for t in spec.to]
     lines.append("}")
@@ -161,6 +187,7 @@ def _step_lines(spec: StepSpec) -> list[str]:
             (f"use: {yaml_value(use_label(spec.use))}", ""),
             (f"workers: {workers}", "scaled by the router" if w.min != w.max else ""),
             (f"pinned: {yaml_value(spec.pinned)}", ""),
+            (f"fuse: {yaml_value(spec.fuse)}", "may share a worker with its neighbours"),
         ],
         "    ",
     )
@@ -173,6 +200,18 @@ def _step_lines(spec: StepSpec) -> list[str]:
     return out
 
 
+def _fusion_lines(graph: Graph) -> list[str]:
+    """Comments saying which steps run fused in one worker, and why each other stager does not."""
+    chains = plan(graph)
+    out = [f"# fused: {c.label} (one worker process, {chain_label(graph, c)})" for c in chains]
+    for spec in graph.steps:
+        if spec.kind == "stager" and not any(spec.name in c.steps[:-1] for c in chains):
+            why = link_break(graph, spec)
+            if why and spec.to:
+                out.append(f"# not fused after '{spec.name}': {why}")
+    return out or ["# fused: none"]
+
+
 def show_config(graph: Graph) -> str:
     """Every step's effective options and the router options, as commented YAML (a valid pipeline)."""
     source = f" (from {graph.file})" if graph.file else ""
@@ -182,6 +221,7 @@ def show_config(graph: Graph) -> str:
     ]
     if graph.description:
         out.append(f"description: {yaml_value(graph.description)}")
+    out += _fusion_lines(graph)
     out.append("steps:")
     for spec in graph.steps:
         out += _step_lines(spec)

@@ -74,6 +74,24 @@ def _check_router(graph: Graph) -> list[ConfigError]:
                     graph.line_of(f"router.{name}") or graph.line_of("router"),
                 )
             )
+    if graph.router.start_method not in ("zygote", "spawn"):
+        errors.append(
+            ConfigError(
+                f"router option 'start_method' must be zygote or spawn, "
+                f"got {graph.router.start_method!r}",
+                graph.file,
+                graph.line_of("router.start_method") or graph.line_of("router"),
+                "zygote: workers fork from a warm template; spawn: each is a fresh interpreter",
+            )
+        )
+    if not isinstance(graph.router.fuse, bool):
+        errors.append(
+            ConfigError(
+                f"router option 'fuse' must be true or false, got {graph.router.fuse!r}",
+                graph.file,
+                graph.line_of("router.fuse") or graph.line_of("router"),
+            )
+        )
     return errors
 
 
@@ -135,6 +153,8 @@ def _check_step(spec: StepSpec, seen: Mapping[str, StepSpec]) -> tuple[list[Conf
     errors += _check_workers(spec)
     if not isinstance(spec.pinned, bool):
         errors.append(_err(spec, "pinned", f"'pinned' must be true or false, got {spec.pinned!r}"))
+    if not isinstance(spec.fuse, bool):
+        errors.append(_err(spec, "fuse", f"'fuse' must be true or false, got {spec.fuse!r}"))
     return (errors if obj is None else errors + _check_use(spec, obj)), obj
 
 

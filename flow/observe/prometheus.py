@@ -64,6 +64,12 @@ class _StatsCollector:
             for step, s in steps.items():
                 c.add_metric([step], float(s.get(key) or 0))
             yield c
+        group = GaugeMetricFamily("flow_step_fused", "1 for a step running fused in the chain "
+                                  "named by 'group' (its first step)", labels=["step", "group"])
+        for step, s in steps.items():
+            if s.get("group"):
+                group.add_metric([step, str(s["group"])], 1.0)
+        yield group
         produced = CounterMetricFamily("flow_run_produced", "events produced in this run")
         produced.add_metric([], float(rec.get("produced") or 0))
         yield produced

@@ -164,7 +164,7 @@ class Publisher:
             step = req.get("step")
             if step not in r.steps or r.steps[step].kind != "stager":
                 return {"ok": False, "error": f"no stager named {step!r}"}
-            st = r.steps[step]
+            st = getattr(r.steps[step], "unit", None) or r.steps[step]   # fused: its chain
             lo = int(req.get("min", st.min_workers))
             hi = int(req.get("max", st.max_workers))
             if not 1 <= lo <= hi:

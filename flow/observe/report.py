@@ -73,6 +73,11 @@ def outcome_text(records: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def legend_label(step: str, groups: dict) -> str:
+    """A step's name in the legends, with its fused chain when it runs in one."""
+    return f"{step} [fused: {groups[step]}]" if groups.get(step) else step
+
+
 def make_report(path: str | Path, out_dir: str | Path) -> list[Path]:
     """Write the plots of ``path`` into ``out_dir`` (and ``outcome.txt``); return the plots."""
     import matplotlib  # noqa: PLC0415 - optional dependency, imported when used
@@ -85,6 +90,8 @@ def make_report(path: str | Path, out_dir: str | Path) -> list[Path]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     t0 = records[0].get("t") or 0.0
+    groups = {n: s.get("group") for r in records for n, s in r["steps"].items()
+              if isinstance(s, dict) and s.get("group")}
     run = records[-1].get("run_id", "?")
     state, failures, restarts = outcome(records)
     (out / "outcome.txt").write_text(outcome_text(records))
@@ -96,7 +103,7 @@ def make_report(path: str | Path, out_dir: str | Path) -> list[Path]:
         fig, ax = plt.subplots(figsize=(10, 4.5), layout="constrained")
         for i, (step, y) in enumerate(values.items()):
             colour = f"C{i % 10}"
-            ax.plot(t, y, label=step, color=colour, drawstyle="steps-post" if field == "workers" else None)
+            ax.plot(t, y, label=legend_label(step, groups), color=colour, drawstyle="steps-post" if field == "workers" else None)
             if field == "workers":
                 dec = [d for r in records for d in r.get("decisions") or [] if d.get("step") == step]
                 ax.scatter([d["t"] - t0 for d in dec], [d["new"] for d in dec], marker="v",

@@ -1,4 +1,8 @@
-"""Statistics records built from the router's state (the ``stats`` record of docs/monitoring.md)."""
+"""Statistics records built from the router's state (the ``stats`` record of docs/monitoring.md).
+
+Every step has its own record, fused or not; a step that runs fused in a chain (flow/graph/fusion.py)
+names the chain's first step in ``group`` (null when it runs on its own) and shows the chain's
+workers, while its counters, busy fraction and latencies are its own."""
 
 from __future__ import annotations
 
@@ -30,7 +34,8 @@ def step_record(router, st, meter: RateMeter, now: float) -> dict:
     elapsed = max(1e-9, now - router.started_at)
     n_count = st.n_out if st.kind == "producer" else st.n_done
     arrivals, done_rate, busy_rate = meter.rates(st.spec.name, now, st.n_in, n_count, st.busy_s)
-    workers = [w for w in st.workers.values() if w.state not in ("done", "dead")]
+    unit = st.unit if getattr(st, "unit", None) is not None else st   # a fused step's chain
+    workers = [w for w in unit.workers.values() if w.state not in ("done", "dead")]
     lat = np.fromiter(st.latencies, float) if st.latencies else None
     return {
         "kind": st.kind,
@@ -44,8 +49,8 @@ def step_record(router, st, meter: RateMeter, now: float) -> dict:
         "queue_bytes": st.queue_bytes,
         "inflight": st.leased(),
         "workers": len(workers),
-        "workers_min": st.min_workers,
-        "workers_max": st.max_workers,
+        "workers_min": unit.min_workers,
+        "workers_max": unit.max_workers,
         "busy": min(1.0, busy_rate / max(1, len(workers))) if workers else 0.0,
         "service_s": float(np.mean(lat)) if lat is not None else 0.0,
         "latency_p50_ms": float(np.percentile(lat, 50) * 1e3) if lat is not None else 0.0,
@@ -56,6 +61,7 @@ def step_record(router, st, meter: RateMeter, now: float) -> dict:
         "dead_letter": st.dead,
         "finished": st.finished,
         "bottleneck": False,
+        "group": getattr(st, "group", "") or None,
     }
 
 

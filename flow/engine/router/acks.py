@@ -12,7 +12,14 @@ from __future__ import annotations
 import logging
 import time
 
-from flow.engine.router.state import Batch, StepState, WorkerState, outputs_of
+from flow.engine.router.state import (
+    Batch,
+    StepState,
+    WorkerState,
+    check_chain_counts,
+    check_chain_failures,
+    outputs_of,
+)
 from flow.errors import ProtocolError
 from flow.wire import protocol as P
 from flow.wire.shm import ref_name, ref_size
@@ -49,6 +56,9 @@ class AckHandling:
         st = self.steps[w.step]
         try:   # check everything before anything changes: a malformed ACK loses nothing
             out, failed, refs, blob, busy, dups = self._check_ack(msg, w.leases[lease_id][0].n)
+            chain_counts = check_chain_counts(msg.envelope.get("steps"), len(st.members)) \
+                if st.members else None
+            check_chain_failures(failed, st)
         except ProtocolError as exc:
             batch, _ = w.leases.pop(lease_id)
             self._fail_lease(st, batch, f"malformed ACK from worker {w.id.decode(errors='replace')}: "
@@ -62,23 +72,46 @@ class AckHandling:
             except ProtocolError as exc:  # malformed payload sizes: keep the raw batch, once
                 self.dead_letter_batch(st, batch, f"ProtocolError: {exc}")
                 failed = []
-            for index, exc, tb in failed:
-                self.retry_or_dead_letter(st, singles[index], str(exc), str(tb))
+            for index, exc, tb, *where in failed:
+                self.retry_or_dead_letter(st, singles[index], str(exc), str(tb), where)
         ok = n - len(failed)
-        st.n_done += ok
         w.done += ok
         w.errors += len(failed)
-        st.busy_s += busy
-        if n:
-            st.latencies.extend([busy / n] * min(n, 16))
         if st.kind == "consumer":
             st.n_dups += dups
-        st.n_out += self.enqueue_outputs(st, out, msg.frames, refs, blob)
+        queued = self.enqueue_outputs(st, out, msg.frames, refs, blob)
+        if st.members:
+            self.account_chain(st, chain_counts, queued, busy)
+            if "sample" in msg.envelope:
+                self.publish_chain_sample(st, msg.envelope["sample"])
+        else:
+            st.n_done += ok
+            st.busy_s += busy
+            if n:
+                st.latencies.extend([busy / n] * min(n, 16))
+            st.n_out += queued
         self.pin(w, msg.envelope)       # before the lease's segments are released
         self.hold(batch, -1)
         self.last_event_t = time.monotonic()
         if w.state == "retiring" and not w.leases:
             self._send(w, P.STOP, {"teardown": True})
+
+    def account_chain(self, st: StepState, counts: list, queued: int, busy: float) -> None:
+        """A fused lease's per-step counters go to each step of the chain; what its last step
+        sent on is what was queued downstream; the lease's whole busy time (decoding, every step,
+        encoding) is the chain's (``unit_busy_s``, what scaling reads)."""
+        last = st.members[-1]
+        for m, (n_in, done, n_out, step_busy) in zip(st.members, counts, strict=True):
+            if m is not st:
+                m.n_in += n_in
+            m.n_done += done
+            m.busy_s += step_busy
+            if m is not last:
+                m.n_out += n_out
+            if done:
+                m.latencies.extend([step_busy / done] * min(done, 16))
+        last.n_out += queued
+        st.unit_busy_s += busy
 
     def _check_ack(self, msg: P.Message, n: int) -> tuple:
         """(outputs, failures, shm references, blob, busy_s, dups) of an ACK for ``n`` events;
@@ -87,7 +120,7 @@ class AckHandling:
         out = outputs_of(env)
         failed = env.get("failed", [])
         if type(failed) is not list or not all(
-                type(e) is list and len(e) == 3 and type(e[0]) is int and 0 <= e[0] < n
+                type(e) is list and len(e) in (3, 4, 7) and type(e[0]) is int and 0 <= e[0] < n
                 for e in failed):
             raise ProtocolError("malformed failure list in ACK")
         busy, dups = env.get("busy_s", 0.0), env.get("dups", 0)
@@ -145,7 +178,7 @@ class AckHandling:
         for t, pk, k, fr, nbytes, refs in routes:
             batch = Batch(pk, k, fr, nbytes, 0, refs, kept)
             if self.taps:
-                self._maybe_sample(src, t, batch)
+                self._maybe_sample(src.members[-1] if src.members else src, t, batch)
             dst = self.steps[t]
             self.hold(batch, +1)
             dst.push(batch)
@@ -154,19 +187,30 @@ class AckHandling:
             self.ledger.release_if_unused(ref_name(blob))
         return n
 
-    def retry_or_dead_letter(self, st: StepState, single: Batch, exc: str, tb: str) -> None:
-        """A single-event batch failed: queue it again (alone, at the front) or dead-letter it."""
+    def retry_or_dead_letter(self, st: StepState, single: Batch, exc: str, tb: str,
+                             where: list | tuple = ()) -> None:
+        """A single-event batch failed: queue it again (alone, at the front) or dead-letter it.
+        In a fused chain ``where`` names the step that raised (it is charged, and named in the
+        dead letter) and, on the last attempt, that step's input: ``[step, key, path, frames]``."""
         single.attempts += 1
-        st.errors += 1
+        failing = self.steps[where[0]] if where else st
+        failing.errors += 1
         if single.attempts < self.opts.max_retries:
-            st.retries += 1
+            failing.retries += 1
             self.hold(single, +1)
             st.push(single, front=True)
+        elif len(where) == 4:   # the failing step's own input, snapshot by the fused worker
+            failing.dead += 1
+            step, key, path, frames = where
+            self.dead_letter.write(key, path, step, exc, tb, single.attempts, frames)
+            log.warning("dead letter: step '%s' (fused in '%s') key %s after %d attempts: %s",
+                        step, st.spec.name, key, single.attempts, exc)
         else:
-            st.dead += 1
+            failing.dead += 1
             key, path = single.items()[0][:2]
             segments = {ref_name(r): self.shm_store.read(ref_name(r)) for r in single.shm}
-            self.dead_letter.write(key, path, st.spec.name, exc, tb, single.attempts,
+            self.dead_letter.write(key, path, failing.spec.name if failing is st or not where
+                                   else st.spec.name, exc, tb, single.attempts,
                                    single.event_frames(0, self.frames_of(single)), segments)
             log.warning("dead letter: step '%s' key %s after %d attempts: %s",
                         st.spec.name, key, single.attempts, exc)
@@ -188,6 +232,24 @@ class AckHandling:
     @property
     def taps(self):
         return self.publisher.taps if self.publisher is not None else None
+
+    def chain_tap(self, st: StepState) -> str:
+        """The step of a fused chain whose edge to the next step is tapped and due for a sample
+        ("" if none): its worker then sends one output of that step with the ACK."""
+        for m, nxt in zip(st.members, st.members[1:], strict=False):
+            if self.publisher.sample_due(m.spec.name, nxt.spec.name):
+                return m.spec.name
+        return ""
+
+    def publish_chain_sample(self, st: StepState, sample) -> None:
+        """Publish the sample a fused worker took inside its chain (``[step, key, frames]``)."""
+        names = [m.spec.name for m in st.members]
+        if self.publisher is None or type(sample) is not list or len(sample) != 3 \
+                or sample[0] not in names[:-1] or type(sample[1]) is not str \
+                or type(sample[2]) is not list or not all(type(f) is bytes for f in sample[2]):
+            return   # not ours to check further: a sample is for display only
+        step, key, frames = sample
+        self.publisher.send_sample(step, names[names.index(step) + 1], key, frames)
 
     def _maybe_sample(self, src: StepState, t: str, batch: Batch) -> None:
         if self.publisher.sample_due(src.spec.name, t):

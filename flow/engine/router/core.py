@@ -27,7 +27,7 @@ from flow.engine.router.eos import EndOfStream
 from flow.engine.router.leasing import CreditAndLeasing
 from flow.engine.router.lifecycle import WorkerLifecycle
 from flow.engine.router.shmrefs import SharedMemoryRefs
-from flow.engine.router.state import StepState, WorkerState
+from flow.engine.router.state import StepState, WorkerState, build_steps
 from flow.errors import ProtocolError
 from flow.graph.model import Graph
 from flow.wire import protocol as P
@@ -79,14 +79,7 @@ class Router(WorkerLifecycle, CreditAndLeasing, AckHandling, EndOfStream, Shared
         self.shm_store: ShmStore | None = None    # set by enable_shm
         self.ledger: SegmentLedger | None = None  # who still needs each segment
         self.extra_sockets: dict = {}
-        self.steps: dict[str, StepState] = {}
-        for i, spec in enumerate(graph.steps):
-            st = StepState(spec=spec, index=i, targets=tuple(spec.to),
-                           inputs=set(graph.inputs(spec.name)))
-            if spec.kind == "stager":
-                st.min_workers, st.max_workers = spec.workers.min, spec.workers.max
-                st.desired = spec.workers.min
-            self.steps[spec.name] = st
+        self.steps: dict[str, StepState] = build_steps(graph)   # fused chains included
         self.workers: dict[bytes, WorkerState] = {}
         self.lease_ids = iter(range(1, 1 << 62))
         self.started_at = time.monotonic()
@@ -183,6 +176,7 @@ class Router(WorkerLifecycle, CreditAndLeasing, AckHandling, EndOfStream, Shared
                 w.handle.join(max(0.0, deadline - time.monotonic()))
                 w.handle.kill()
         self.dead_letter.close()
+        getattr(self.launcher, "close", lambda: None)()   # the worker template, if any
         if self.shm_store is not None:
             self.shm_store.cleanup()
             self.ledger.clear()

@@ -30,13 +30,15 @@ class EndOfStream:
                 st.closed = True
         for t in st.targets:
             self.steps[t].inputs.discard(st.spec.name)
+        for m in st.members[1:]:   # the other steps of a fused chain end with it
+            m.finished = m.closed = True
 
     def advance_eos(self) -> None:
         changed = True
         while changed:
             changed = False
             for st in self.steps.values():
-                if st.finished or st.kind == "producer":
+                if st.finished or st.kind == "producer" or st.unit is not None:
                     continue
                 if not st.inputs and not st.queue and st.leased() == 0:
                     self.finish_step(st)

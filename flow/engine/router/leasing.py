@@ -81,6 +81,12 @@ class CreditAndLeasing:
         lease_id = next(self.lease_ids)
         w.leases[lease_id] = (batch, time.monotonic())
         env = {"lease": lease_id, "items": batch.packed, "n": batch.n}
+        if batch.attempts:   # a fused chain snapshots each step's input on an event's last attempt
+            env["attempt"] = batch.attempts
+        if st.members and self.taps:   # an edge inside a fused chain is sampled by its worker
+            tap = self.chain_tap(st)
+            if tap:
+                env["tap"] = tap
         if batch.blob:
             env["blob"] = batch.blob
         self._send(w, P.DATA, env, batch.frames)

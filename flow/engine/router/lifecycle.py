@@ -15,7 +15,7 @@ import logging
 import time
 
 from flow.engine import restart
-from flow.engine.router.state import StepState, WorkerState
+from flow.engine.router.state import StepState, WorkerState, chain_config, unit_of
 from flow.errors import ProtocolError, RunError, StepError
 from flow.wire import protocol as P
 
@@ -75,6 +75,8 @@ class WorkerLifecycle:
                "shm": ({"prefix": self.shm_store.prefix, "threshold": self.shm_store.threshold,
                         "pool_bytes": self.shm_pool_bytes}
                        if self.shm_store is not None else None)}
+        if st.members:   # a fused chain (state.build_steps): every step of it, in order
+            env["chain"] = chain_config(st, self.use_specs, self.opts.max_retries)
         self._send(w, P.CONFIG, env, self.context_frames)
 
     def on_ready(self, w: WorkerState, msg: P.Message) -> None:
@@ -236,7 +238,7 @@ class WorkerLifecycle:
 
     def set_workers(self, name: str, n: int) -> None:
         """Scale a stager to ``n`` workers at run time (start or retire processes)."""
-        st = self.steps[name]
+        st = unit_of(self.steps[name])   # a fused step scales with its chain
         if st.kind != "stager" or st.finished or self._aborting_t or self.failure is not None \
                 or self.finished_t:   # (the last tick after a failed run must start nothing)
             return

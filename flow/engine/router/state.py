@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from flow.engine.launcher import Handle
 from flow.engine.restart import RestartState
 from flow.errors import ProtocolError
-from flow.graph.model import StepSpec
+from flow.graph.fusion import chain_pinned, chain_workers, plan
+from flow.graph.model import Graph, StepSpec
 from flow.wire import protocol as P
 from flow.wire.shm import ref_size
 
@@ -135,6 +136,20 @@ class StepState:
     pending: int = 0                 # replacements decided, waiting for their back-off
     replayable: bool = False         # a producer that said so in its READY
     resume_from: int = 0             # a producer: position after the last event accepted from it
+    # fusion (flow/graph/fusion.py): the first step of a fused chain is the unit the router leases,
+    # retries and scales; it lists the chain (itself first) in ``members``. The other steps of the
+    # chain keep their own counters and point at that unit; they never have queue or workers.
+    members: tuple = ()              # of StepState, on a chain's first step
+    unit: StepState | None = None    # on the other steps of a chain: its first step
+    unit_busy_s: float = 0.0         # on a chain's first step: busy seconds of its leases (all steps,
+                                     # decoding and encoding included)
+    pinned: bool = False
+
+    @property
+    def group(self) -> str:
+        """The name of this step's fused chain (its first step), "" when it runs on its own."""
+        return self.unit.spec.name if self.unit is not None else \
+            self.spec.name if self.members else ""
 
     @property
     def kind(self) -> str:
@@ -155,4 +170,71 @@ class StepState:
         return batch
 
 
-__all__ = ["Batch", "StepState", "WorkerState", "holds_retry", "outputs_of"]
+def build_steps(graph: Graph) -> dict[str, StepState]:
+    """The router's step states for ``graph``, with its fused chains (`flow.graph.fusion.plan`):
+    a chain's first step takes the chain's targets, worker bounds and pinning, and the edges into
+    the chain's successors come from it; the chain's other steps are counters only."""
+    steps: dict[str, StepState] = {}
+    for i, spec in enumerate(graph.steps):
+        st = StepState(spec=spec, index=i, targets=tuple(spec.to),
+                       inputs=set(graph.inputs(spec.name)), pinned=bool(spec.pinned))
+        if spec.kind == "stager":
+            st.min_workers, st.max_workers = spec.workers.min, spec.workers.max
+            st.desired = spec.workers.min
+        steps[spec.name] = st
+    for chain in plan(graph):
+        head, tail = steps[chain.head], steps[chain.tail]
+        head.members = tuple(steps[n] for n in chain.steps)
+        w = chain_workers(graph, chain)
+        head.min_workers, head.max_workers, head.desired = w.min, w.max, w.min
+        head.targets, head.pinned = tail.targets, chain_pinned(graph, chain)
+        for m in head.members[1:]:
+            m.unit, m.inputs, m.desired = head, set(), 0
+        for t in tail.targets:
+            steps[t].inputs.discard(tail.spec.name)
+            steps[t].inputs.add(head.spec.name)
+    return steps
+
+
+def chain_config(st: StepState, use_specs: dict, max_retries: int) -> dict:
+    """The ``chain`` of a fused unit's CONFIG (docs/protocol.md): each step's name, code,
+    parameters, index and targets, in order, and the retries an event gets."""
+    return {"max_retries": max_retries,
+            "steps": [{"step": m.spec.name, "index": m.index, "targets": list(m.targets),
+                       "use": use_specs.get(m.spec.name,
+                                            m.spec.use if isinstance(m.spec.use, str) else ""),
+                       "params": dict(m.spec.params)} for m in st.members]}
+
+
+def check_chain_counts(counts, n_members: int) -> list:
+    """A fused ACK's per-step counters ``[[n_in, done, n_out, busy_s], ...]`` (one per step of the
+    chain), checked; ProtocolError if malformed."""
+    if type(counts) is not list or len(counts) != n_members or not all(
+            type(c) is list and len(c) == 4 and all(type(v) is int and v >= 0 for v in c[:3])
+            and type(c[3]) in (int, float) for c in counts):
+        raise ProtocolError("malformed per-step counters in a fused ACK")
+    return counts
+
+
+def check_chain_failures(failed: list, st: StepState) -> None:
+    """The failures of a fused ACK: ``[index, error, traceback]``, plus the step of the chain that
+    raised (``[..., step]``) and, on an event's last attempt, that step's input
+    (``[..., step, key, path, frames]``); ProtocolError if malformed."""
+    names = {m.spec.name for m in st.members}
+    for e in failed:
+        if len(e) > 3 and not names:
+            raise ProtocolError("an ACK of a step that is not fused names a failing step")
+        if len(e) > 3 and (type(e[3]) is not str or e[3] not in names):
+            raise ProtocolError("a fused ACK names a failing step outside its chain")
+        if len(e) == 7 and not (type(e[4]) is str and type(e[5]) is str and type(e[6]) is list
+                                and all(type(f) is bytes for f in e[6])):
+            raise ProtocolError("malformed failing input in a fused ACK")
+
+
+def unit_of(st: StepState) -> StepState:
+    """The step state that holds ``st``'s workers and queue (its chain's first step if fused)."""
+    return st.unit if st.unit is not None else st
+
+
+__all__ = ["Batch", "StepState", "WorkerState", "build_steps", "chain_config",
+           "check_chain_counts", "check_chain_failures", "holds_retry", "outputs_of", "unit_of"]

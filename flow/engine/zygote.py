@@ -1,0 +1,206 @@
+"""A warm template for worker processes: one fresh interpreter that imports what workers need,
+then forks a worker per request (``python -m flow.engine.zygote MODULE...``).
+
+Spawning each worker as a new interpreter costs every worker the imports of numpy, numba, astropy
+and the steps' modules (1.5-2.5 s of CPU each on the DL2 graph). The zygote pays them once: it is
+itself started as a fresh interpreter (nothing of the router is inherited: no sockets, no ZeroMQ
+context, no threads of the parent) and imports the modules it is given, *without* creating any
+ZeroMQ context, instantiating any step or starting a thread of its own. Each worker is then a fork
+of that clean, single-threaded template, which re-seeds its random generators and runs
+`flow.engine.worker.worker_main` as a spawned worker would.
+
+Requests arrive on stdin, one JSON line ``{"endpoint", "worker_id", "step", "keys"}``; the zygote
+answers on the file descriptor given by ``--reply-fd`` with one line, the worker's pid (or
+``error: ...``). The zygote reaps its children; it exits when stdin closes (its launcher is gone),
+leaving running workers to end on their own (they leave once their router is silent).
+`Zygote` (used by `flow.engine.launcher.LocalLauncher`) is the client side and `ForkedProcess` the
+handle of a worker it forked.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+
+def preload(modules: list[str]) -> list[str]:
+    """Import ``modules`` (the worker and the steps' modules); the ones that fail are skipped and
+    returned: the worker that needs one imports it itself and reports the error then."""
+    failed = []
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except Exception:   # a step module that fails to import: the worker says why
+            failed.append(name)
+    return failed
+
+
+def _reap(signum=None, frame=None) -> None:
+    try:
+        while True:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+            if pid == 0:
+                return
+    except ChildProcessError:
+        return
+
+
+def _child(request: dict, reply_fd: int) -> None:
+    """In the forked worker: forget the zygote's pipes and handlers, then be a worker."""
+    os.close(reply_fd)
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    np = sys.modules.get("numpy")
+    if np is not None:   # the global generator would otherwise be the zygote's, in every worker
+        np.random.seed()
+    from flow.engine.worker import worker_main
+    code = worker_main(request["endpoint"], request["worker_id"], request["step"],
+                       request.get("keys"))
+    import zmq
+    zmq.Context.instance().term()   # its last messages (BYE) leave before the process does
+    raise SystemExit(code)          # an ordinary exit, as a spawned worker's (atexit, buffers)
+
+
+def serve(reply_fd: int) -> None:
+    signal.signal(signal.SIGCHLD, _reap)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)   # the router coordinates shutdown
+    reply = os.fdopen(reply_fd, "w", buffering=1)
+    for line in sys.stdin:
+        try:
+            request = json.loads(line)
+        except ValueError:
+            reply.write("error: malformed request\n")
+            continue
+        try:
+            pid = os.fork()
+        except OSError as exc:
+            reply.write(f"error: fork failed: {exc}\n")
+            continue
+        if pid == 0:
+            try:
+                _child(request, reply_fd)
+            except SystemExit:
+                raise
+            except BaseException:   # never back into the zygote's loop
+                import traceback
+                traceback.print_exc()
+                os._exit(1)
+        reply.write(f"{pid}\n")
+
+
+class ForkedProcess:
+    """A worker forked by the zygote (not our child): ``poll``, ``kill`` and ``wait`` by pid, as
+    `subprocess.Popen` offers them (the zygote reaps it; its exit code is not known here)."""
+
+    def __init__(self, pid: int):
+        self.pid = pid
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            try:
+                os.kill(self.pid, 0)
+                with open(f"/proc/{self.pid}/stat", "rb") as f:   # a zombie is gone
+                    if f.read().rsplit(b")", 1)[-1].split()[0] == b"Z":
+                        self.returncode = -1
+            except ProcessLookupError:
+                self.returncode = -1
+            except OSError:   # no /proc (macOS) or not ours to signal: alive as far as we know
+                pass
+        return self.returncode
+
+    def kill(self) -> None:
+        try:
+            os.kill(self.pid, signal.SIGKILL)
+        except OSError:
+            pass
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.poll() is None:
+            if deadline is not None and time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(f"worker {self.pid}", timeout)
+            time.sleep(0.01)
+        return self.returncode
+
+
+class Zygote:
+    """Client of a `flow.engine.zygote` process: starts it (a fresh interpreter importing
+    ``modules``) and asks it for workers."""
+
+    def __init__(self, modules: list[str], env: dict):
+        r, w = os.pipe()
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "flow.engine.zygote", "--reply-fd", str(w), *modules],
+                env=env, stdin=subprocess.PIPE, pass_fds=(w,), text=True)
+        finally:
+            os.close(w)
+        self.replies = os.fdopen(r, "r")
+
+    def start(self, endpoint: str, worker_id: str, step: str, keys_dir: str | None
+              ) -> ForkedProcess:
+        """A forked worker; OSError if the zygote is gone or refused."""
+        request = {"endpoint": endpoint, "worker_id": worker_id, "step": step, "keys": keys_dir}
+        try:
+            self.proc.stdin.write(json.dumps(request) + "\n")
+            self.proc.stdin.flush()
+        except (BrokenPipeError, ValueError) as exc:
+            raise OSError(f"the worker template exited ({exc})") from None
+        line = self.replies.readline().strip()
+        if not line.isdigit():
+            raise OSError(f"the worker template could not start a worker: {line or 'it exited'}")
+        return ForkedProcess(int(line))
+
+    def close(self) -> None:
+        """Stop the template (the workers it started go on until their router is gone)."""
+        try:
+            self.proc.stdin.close()
+        except OSError:
+            pass
+        self.replies.close()
+        try:   # it leaves at once; it holds nothing, so a slow exit is cut short (a run's end)
+            self.proc.wait(0.5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def preload_modules(graph) -> list[str]:
+    """The modules a zygote imports for ``graph``: numpy, zmq and each step's module."""
+    from flow.graph.model import resolve_use
+    modules = ["numpy", "zmq", "msgpack"]
+    for spec in getattr(graph, "steps", ()):
+        try:
+            module = getattr(resolve_use(spec.use), "__module__", None)
+        except Exception:   # validation reports it; the worker will too
+            module = None
+        if module and module != "__main__" and module not in modules:
+            modules.append(module)
+    return modules
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    p = argparse.ArgumentParser(prog="python -m flow.engine.zygote", description=__doc__)
+    p.add_argument("--reply-fd", type=int, required=True)
+    p.add_argument("modules", nargs="*")
+    a = p.parse_args(argv)
+    from flow.engine.memory import tune_malloc
+    tune_malloc()
+    os.environ.setdefault("NUMBA_CACHE_DIR", os.path.join(os.path.expanduser("~"), ".cache",
+                                                          "flow-iact", "numba"))
+    preload(["flow.engine.worker", *a.modules])
+    serve(a.reply_fd)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

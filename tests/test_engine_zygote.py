@@ -1,0 +1,98 @@
+"""flow/engine/zygote.py: workers forked from a warm template, with spawn as the fallback."""
+
+from __future__ import annotations
+
+import os
+
+import psutil
+import pytest
+
+from flow.engine.launcher import LocalLauncher
+from flow.engine.run import RunOptions, run
+from flow.engine.zygote import ForkedProcess, Zygote, preload_modules
+from flow.observe.summary import EXIT_OK
+from tests.steps import read_jsonl
+from tests.test_engine_e2e import load
+
+PIPE = """
+name: z
+steps:
+  - {name: read, use: "tests.steps:Counter", with: {n: 500}, to: [add]}
+  - {name: add, use: "tests.steps:AddOne", workers: 2, to: [write]}
+  - {name: write, use: "tests.steps:ListConsumer", with: {path: OUT/out.jsonl}}
+router: {start_method: METHOD}
+"""
+
+
+def pids_by_step(router) -> dict:
+    return {w.step: w.pid for w in router.workers.values()}
+
+
+@pytest.mark.parametrize("method", ["zygote", "spawn"])
+def test_workers_start_from_the_template_or_as_fresh_interpreters(tmp_path, method):
+    graph = load(tmp_path, PIPE.replace("METHOD", method))
+    parents: dict = {}
+
+    def on_start(router, publisher):
+        parents["launcher"] = router.launcher
+
+    summary = run(graph, RunOptions(quiet=True, run_dir=str(tmp_path / "run"), on_start=on_start))
+    assert summary.exit_code == EXIT_OK
+    rows = read_jsonl(str(tmp_path / "out.jsonl"))
+    assert sorted(r["event"]["value"] for r in rows) == list(range(1, 501))
+    launcher = parents["launcher"]
+    assert launcher.start_method == method and launcher.started == 4
+    assert launcher.zygote is None     # the template is stopped with the run
+
+
+def test_a_forked_worker_is_a_child_of_the_template_not_of_the_router(tmp_path):
+    z = Zygote(preload_modules(None), dict(os.environ))
+    try:
+        # no router listens: the worker waits for its CONFIG, then exits on its own
+        proc = z.start(f"ipc://{tmp_path}/nobody.sock", "w.0", "nothing", None)
+        assert isinstance(proc, ForkedProcess) and proc.poll() is None
+        child = psutil.Process(proc.pid)
+        assert child.ppid() == z.proc.pid != os.getpid()
+        assert not child.threads() or len(child.threads()) <= 4   # the zmq I/O thread and few more
+        proc.kill()
+        proc.wait(5)
+        assert proc.poll() is not None
+    finally:
+        z.close()
+    assert z.proc.poll() is not None
+
+
+def test_the_template_preloads_the_modules_of_the_steps():
+    graph = load_like_demo()
+    modules = preload_modules(graph)
+    assert modules[:3] == ["numpy", "zmq", "msgpack"]
+    assert "stages.calib" in modules and "stages.io.hdf5" in modules
+
+
+def load_like_demo():
+    from flow.graph.loader import load_graph
+    return load_graph(os.path.join(os.path.dirname(__file__), "..", "configs", "demo.yaml"))
+
+
+class GoneTemplate:
+    """A template that has exited: every request fails."""
+
+    def start(self, *args):
+        raise OSError("the worker template exited")
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_template_that_is_gone_falls_back_to_spawn(tmp_path):
+    launcher = LocalLauncher(f"ipc://{tmp_path}/nobody.sock", start_method="zygote")
+    launcher.zygote = GoneTemplate()
+    h = launcher.start("nothing")
+    try:
+        assert launcher.start_method == "spawn" and launcher.zygote is None
+        assert h.process is not None and not isinstance(h.process, ForkedProcess)
+        assert h.alive()
+    finally:
+        h.kill()
+        h.join(5)
+    assert not h.alive()
