@@ -111,4 +111,4 @@ def test_the_shipped_pipelines_fuse_their_whole_chain():
     g = load_graph("configs/simtel_dl2.yaml")
     assert plan(g) == (Chain(("calibrate", "clean", "parameters", "quality", "reconstruct")),)
     g = load_graph("configs/demo.yaml")
-    assert plan(g)[0].steps[0] == "calibrate" and plan(g)[0].steps[-1] == "gammaness"
+    assert plan(g)[0].steps[0] == "render" and plan(g)[0].steps[-1] == "gammaness"

@@ -96,7 +96,7 @@ def _workers(s: Mapping, final: bool) -> str:
 #: display order; ``keep`` ranks: rate, queue, workers, busy stay longest, kind and in-flight go first
 COLUMNS = (
     Column("kind", 1, lambda s, f: s["kind"]),
-    Column("fused", 6, lambda s, f: s.get("group") or ""),   # the chain a fused step runs in
+    Column("fused", 3, lambda s, f: s.get("group") or ""),   # the chain a fused step runs in
     Column("in", 9, lambda s, f: fmt_count(s["in"])),
     Column("out", 10, lambda s, f: fmt_count(s["out"])),
     Column("rate/s", 14, lambda s, f: fmt_rate(s.get("rate_avg", 0.0) if f else s["rate"]),
