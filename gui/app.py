@@ -25,6 +25,7 @@ from .controls import ControlBar, ControlRunner
 from .eventdisplay import EventDisplay
 from .fmt import fmt_count, fmt_duration, fmt_rate
 from .graphview import GraphView
+from .options import add_options
 from .plots import TimePlots
 from .tables import DeadLetterList, LogPane, StepTable, WorkerTable
 
@@ -247,21 +248,9 @@ def grab(window: QtWidgets.QWidget, path: str) -> bool:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The options of ``python -m gui.app``: those of ``flow gui`` (`flow.cli.gui.gui_arguments`)."""
+    """The options of ``python -m gui.app``: those of ``flow gui`` (gui/options.py)."""
     p = argparse.ArgumentParser(prog="flow gui", description="Qt monitor of a running flow pipeline.")
-    p.add_argument("--connect", required=True, metavar="ADDR",
-                   help="monitor address of the run, e.g. tcp://127.0.0.1:5560 (`flow run` prints it)")
-    p.add_argument("--control", metavar="ADDR",
-                   help="control address (enables pause, scale, drain, stop, tap)")
-    p.add_argument("--token-file", metavar="FILE", help="file holding the run's control token")
-    p.add_argument("--keys", metavar="DIR", help="directory of CURVE keys, when the run uses them")
-    p.add_argument("--window", type=float, default=300.0, metavar="S",
-                   help="seconds shown in the plots (default 300)")
-    p.add_argument("--screenshot", metavar="PNG", help="save the window to this PNG before exiting")
-    p.add_argument("--exit-after", type=float, metavar="S", help="quit after this many seconds")
-    p.add_argument("--nice", type=int, default=10,
-                   help="niceness added to the GUI process (default 10), so the monitor yields "
-                        "the CPU to the pipeline (0: no change)")
+    add_options(p)
     return p
 
 
