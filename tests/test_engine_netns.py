@@ -42,7 +42,7 @@ steps:
   - {name: read, use: "tests.steps:Counter", with: {n: N}, to: [where]}
   - {name: where, use: "tests.test_engine_agent:WhereAmI", with: {ms: MS}, workers: 2, to: [write]}
   - {name: write, use: "tests.steps:ListConsumer", with: {path: OUT/out.jsonl}}
-router: {dead_letter: OUT/dl.jsonl, heartbeat_s: 0.2, max_retries: 20}
+router: {dead_letter: OUT/dl.jsonl, heartbeat_s: 0.2, max_retries: 20, start_method: spawn}  # local workers are the router's own children (the ppid checks below)
 """
 
 
