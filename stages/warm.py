@@ -7,9 +7,9 @@ the default of flow's worker processes (`flow.engine.worker.worker_main`). `make
 module once, so the first ``flow run`` loads the kernels instead of compiling them.
 
 `warm` runs the demo chain in this process on a few toy events of both camera kinds, with both
-charge extractors, twice: once on writable arrays (a step's own results, an R0 calibration) and once
-on read-only ones, which is how arrays arrive in a worker (zero-copy views of the message frames);
-numba types the two differently. The compiled signatures are those of a real run.
+charge extractors, three times: on writable arrays (a step's own results, an R0 calibration), on
+read-only ones, which is how arrays arrive in a worker (zero-copy views of the message frames), and
+with a read-only context and writable events, as in a fused chain; numba types them differently. The compiled signatures are those of a real run.
 """
 
 from __future__ import annotations
@@ -56,8 +56,11 @@ def warm(n_events: int = 6) -> dict[str, float]:
     """Run every demo step on ``n_events`` toy events; seconds spent per step (mostly compiling)."""
     source = ToyEventSource(n_events=n_events, seed=1, n_tels=4, camera="mixed", render=False)
     spent: dict[str, float] = {}
-    for readonly in (False, True):
-        context = copied(source.publish_context(), readonly)
+    # (context read-only, events read-only): a step's own arrays; arrays from the wire (an unfused
+    # step: context and events both decoded); a fused chain (the context decoded, the events handed
+    # on as objects from the step before)
+    for ctx_readonly, readonly in ((False, False), (True, True), (True, False)):
+        context = copied(source.publish_context(), ctx_readonly)
         steps = [ToyRenderer(context=context)]
         steps += [ChargeExtraction(context=context, extractor=e) for e in EXTRACTORS]
         steps += [cls(context=context) for cls in CHAIN]

@@ -22,9 +22,11 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 
@@ -40,14 +42,41 @@ def preload(modules: list[str]) -> list[str]:
     return failed
 
 
+_STATUS_DIR: str | None = None   # where the zygote records each reaped worker's exit code
+
+
 def _reap(signum=None, frame=None) -> None:
     try:
         while True:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
+            pid, status = os.waitpid(-1, os.WNOHANG)
             if pid == 0:
                 return
+            if _STATUS_DIR:   # the router reads it: "killed by SIGKILL", not "unknown"
+                record_exit(_STATUS_DIR, pid, os.waitstatus_to_exitcode(status))
     except ChildProcessError:
         return
+
+
+def record_exit(status_dir: str, pid: int, code: int) -> None:
+    """Write ``code`` (negative: the signal) for ``pid`` in ``status_dir``, atomically."""
+    tmp = os.path.join(status_dir, f".{pid}")
+    try:
+        with open(tmp, "w") as f:
+            f.write(str(code))
+        os.replace(tmp, os.path.join(status_dir, str(pid)))
+    except OSError:   # the run has ended and removed the directory
+        pass
+
+
+def read_exit(status_dir: str | None, pid: int) -> int | None:
+    """The exit code the zygote recorded for ``pid``, or None when it has none (yet)."""
+    if not status_dir:
+        return None
+    try:
+        with open(os.path.join(status_dir, str(pid))) as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return None
 
 
 def _child(request: dict, reply_fd: int) -> None:
@@ -68,7 +97,9 @@ def _child(request: dict, reply_fd: int) -> None:
     raise SystemExit(code)          # an ordinary exit, as a spawned worker's (atexit, buffers)
 
 
-def serve(reply_fd: int) -> None:
+def serve(reply_fd: int, status_dir: str | None = None) -> None:
+    global _STATUS_DIR
+    _STATUS_DIR = status_dir
     signal.signal(signal.SIGCHLD, _reap)
     signal.signal(signal.SIGINT, signal.SIG_IGN)   # the router coordinates shutdown
     reply = os.fdopen(reply_fd, "w", buffering=1)
@@ -97,23 +128,33 @@ def serve(reply_fd: int) -> None:
 
 class ForkedProcess:
     """A worker forked by the zygote (not our child): ``poll``, ``kill`` and ``wait`` by pid, as
-    `subprocess.Popen` offers them (the zygote reaps it; its exit code is not known here)."""
+    `subprocess.Popen` offers them. The zygote reaps it and records its exit code in
+    ``status_dir``; -1 stands for a code that never arrived (a zygote that died first)."""
 
-    def __init__(self, pid: int):
+    GRACE_POLLS = 20   # polls of a gone worker without a recorded code before -1 is assumed
+
+    def __init__(self, pid: int, status_dir: str | None = None):
         self.pid = pid
+        self.status_dir = status_dir
         self.returncode: int | None = None
+        self._unrecorded = 0
 
     def poll(self) -> int | None:
         if self.returncode is None:
             try:
                 os.kill(self.pid, 0)
                 with open(f"/proc/{self.pid}/stat", "rb") as f:   # a zombie is gone
-                    if f.read().rsplit(b")", 1)[-1].split()[0] == b"Z":
-                        self.returncode = -1
+                    gone = f.read().rsplit(b")", 1)[-1].split()[0] == b"Z"
             except ProcessLookupError:
-                self.returncode = -1
+                gone = True
             except OSError:   # no /proc (macOS) or not ours to signal: alive as far as we know
-                pass
+                gone = False
+            if gone:
+                self.returncode = read_exit(self.status_dir, self.pid)
+                self._unrecorded += 1
+                if self.returncode is None and (not self.status_dir
+                                                or self._unrecorded > self.GRACE_POLLS):
+                    self.returncode = -1
         return self.returncode
 
     def kill(self) -> None:
@@ -136,10 +177,12 @@ class Zygote:
     ``modules``) and asks it for workers."""
 
     def __init__(self, modules: list[str], env: dict):
+        self.status_dir = tempfile.mkdtemp(prefix="flow-zygote-")
         r, w = os.pipe()
         try:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "flow.engine.zygote", "--reply-fd", str(w), *modules],
+                [sys.executable, "-m", "flow.engine.zygote", "--reply-fd", str(w),
+                 "--status-dir", self.status_dir, *modules],
                 env=env, stdin=subprocess.PIPE, pass_fds=(w,), text=True)
         finally:
             os.close(w)
@@ -157,7 +200,7 @@ class Zygote:
         line = self.replies.readline().strip()
         if not line.isdigit():
             raise OSError(f"the worker template could not start a worker: {line or 'it exited'}")
-        return ForkedProcess(int(line))
+        return ForkedProcess(int(line), self.status_dir)
 
     def close(self) -> None:
         """Stop the template (the workers it started go on until their router is gone)."""
@@ -171,6 +214,7 @@ class Zygote:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+        shutil.rmtree(self.status_dir, ignore_errors=True)
 
 
 def preload_modules(graph) -> list[str]:
@@ -191,6 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
     p = argparse.ArgumentParser(prog="python -m flow.engine.zygote", description=__doc__)
     p.add_argument("--reply-fd", type=int, required=True)
+    p.add_argument("--status-dir", help="where to record each worker's exit code")
     p.add_argument("modules", nargs="*")
     a = p.parse_args(argv)
     from flow.engine.memory import tune_malloc
@@ -198,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("NUMBA_CACHE_DIR", os.path.join(os.path.expanduser("~"), ".cache",
                                                           "flow-iact", "numba"))
     preload(["flow.engine.worker", *a.modules])
-    serve(a.reply_fd)
+    serve(a.reply_fd, a.status_dir)
     return 0
 
 
