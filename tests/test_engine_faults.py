@@ -361,14 +361,18 @@ def test_one_percent_failing_then_flow_replay_delivers_them(tmp_path):
 # --- chaos: kill anything, any time, lose nothing (flow/engine/restart.py) -----------------------
 
 def chaos(graph, tmp_path, every_s: float, steps: tuple, seed: int = 1,
-          states: tuple = ("starting", "ready"), paced: bool = False, **options):
+          states: tuple = ("starting", "ready"), paced: bool = False, hunt_starting: bool = False,
+          **options):
     """Run ``graph`` while a thread kill -9s one live worker of ``steps`` in one of ``states``
     (chosen at random) every ``every_s`` seconds, from the first event produced to the end of
     the run (before it, on a loaded machine, no process of a graph starting all at once would
     live long enough to become ready). ``paced``: on a machine so loaded that the graph took
     more than 10 x ``every_s`` to start, kill every start-up time / 10 instead (a worker that
     cannot start between two kills makes the step give up, by design). Returns (summary, kills
-    as ``(t, step, state)``, wall seconds); the kills are printed for the record (pytest -s)."""
+    as ``(t, step, state)``, wall seconds); the kills are printed for the record (pytest -s).
+    ``hunt_starting``: every second kill waits (up to one period) for a starting worker; with the
+    warm template a worker starts in tens of milliseconds, and a kill drawn among all workers
+    would seldom land in that window."""
     rng = random.Random(seed)
     kills: list = []
     t0 = time.monotonic()
@@ -383,11 +387,17 @@ def chaos(graph, tmp_path, every_s: float, steps: tuple, seed: int = 1,
             pace["next"] = now
         if now < pace["next"]:
             return
-        pace["next"] += pace["every"]
         victims = [w for w in list(router.workers.values())
                    if w.step in steps and w.state in states
                    and w.handle is not None and w.handle.process is not None
                    and w.handle.process.poll() is None]
+        starting = [w for w in victims if w.state == "starting"]
+        if hunt_starting and len(kills) % 2:     # this kill's turn: a starting worker
+            if starting:
+                victims = starting
+            elif now < pace["next"] + pace["every"]:    # wait for one, up to one period
+                return
+        pace["next"] = max(pace["next"] + pace["every"], now)
         if victims and router.state == "running":
             v = rng.choice(victims)
             try:
@@ -396,7 +406,7 @@ def chaos(graph, tmp_path, every_s: float, steps: tuple, seed: int = 1,
             except ProcessLookupError:
                 pass
 
-    summary = run_watching(graph, tmp_path, min(every_s, 0.1), body, **options)
+    summary = run_watching(graph, tmp_path, min(every_s, 0.02), body, **options)
     wall = time.monotonic() - t0
     states = collections.Counter(s for _, _, s in kills)
     print(f"\nchaos {graph.name}: a kill every {pace['every']:.2f} s: "
@@ -424,7 +434,8 @@ def test_chaos_kill_9_any_stager_worker_starting_or_ready_3_per_s(tmp_path):
           - {name: write, use: "tests.steps:ListConsumer", with: {path: OUT/out.jsonl}}
         router: {dead_letter: OUT/dl.jsonl, max_retries: 5, heartbeat_s: 0.5}
         """)
-    summary, kills, _ = chaos(graph, tmp_path, 0.33, ("work", "add", "more"), paced=True)
+    summary, kills, _ = chaos(graph, tmp_path, 0.33, ("work", "add", "more"), paced=True,
+                              hunt_starting=True)
     assert len(kills) >= 10 and any(s == "starting" for _, _, s in kills), kills
     rows = read_jsonl(str(tmp_path / "out.jsonl"))
     assert_exact(summary, [r["key"] for r in rows], {str(i) for i in range(6000)})
@@ -457,7 +468,7 @@ def test_chaos_kill_9_the_consumer_every_1_5_s(tmp_path):
     graph = load(tmp_path, """
         name: chaos-consumer
         steps:
-          - {name: read, use: "tests.steps:Counter", with: {n: 3000}, to: [work]}
+          - {name: read, use: "tests.steps:Counter", with: {n: 6000}, to: [work]}
           - {name: work, use: "tests.steps:Sleep", with: {ms: 2}, workers: 2, to: [write]}
           - {name: write, use: "tests.steps:ListConsumer", with: {path: OUT/out.jsonl}}
         router: {dead_letter: OUT/dl.jsonl, max_retries: 5}
@@ -465,7 +476,7 @@ def test_chaos_kill_9_the_consumer_every_1_5_s(tmp_path):
     summary, kills, _ = chaos(graph, tmp_path, 1.5, ("write",))
     assert len(kills) >= 3, kills
     rows = read_jsonl(str(tmp_path / "out.jsonl"))
-    assert_exact(summary, [r["key"] for r in rows], {str(i) for i in range(3000)})
+    assert_exact(summary, [r["key"] for r in rows], {str(i) for i in range(6000)})
 
 
 def test_a_producer_that_is_not_replayable_ends_the_run_pointing_at_resume(tmp_path):
