@@ -5,7 +5,11 @@
 The chain is configs/simtel_dl2.yaml's five stagers, the project's own step objects (calibrate,
 clean, parameters, quality, reconstruct, with the config's parameters and the SST-1M file's
 context). The SST-1M file's events are read once and preloaded; every system then re-yields them
-(``--events`` in all) and gets the chain's output event back, with 2 workers each:
+(``--events`` in all) and gets the chain's output event back, with 2 workers each. The chain edits
+its event in place (calibrate drops the waveforms it has integrated), so every system is handed a
+fresh copy of each event's dicts and lists, its arrays shared (`fresh`), as a reader hands out new
+events: re-yielding the same objects let the first system strip the waveforms from the preloaded
+events, and every later one then timed a chain with nothing to calibrate.
 
 - loop: the chain in this process (the baseline);
 - pool1 / pool16: ``multiprocessing.Pool(2)`` (the platform's default start), each worker building
@@ -71,6 +75,15 @@ def load_events() -> tuple[dict, list]:
     return context, [k.event for k in src.process()]
 
 
+def fresh(event):
+    """A copy of ``event``'s dicts and lists, its arrays (and other leaves) shared."""
+    if type(event) is dict:
+        return {k: fresh(v) for k, v in event.items()}
+    if type(event) is list:
+        return [fresh(v) for v in event]
+    return event
+
+
 def make_chain(context: dict) -> list:
     from flow.graph.model import resolve_use
     from flow.graph.step import instantiate
@@ -123,7 +136,7 @@ class Preloaded(Producer):
 
     def process(self) -> Iterator[Keyed]:
         for i in range(self.n):
-            yield Keyed(str(i), self._events[i % len(self._events)])
+            yield Keyed(str(i), fresh(self._events[i % len(self._events)]))
 
     def total(self) -> int:
         return self.n
@@ -161,7 +174,7 @@ def timed(results: Iterator, t0: float, n: int) -> dict:
 
 
 def stream(events: list, n: int) -> Iterator:
-    return (events[i % len(events)] for i in range(n))
+    return (fresh(events[i % len(events)]) for i in range(n))
 
 
 def run_loop(context, events, n) -> dict:
