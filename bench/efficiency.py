@@ -1,6 +1,6 @@
 """What a physicist compares: `flow run` against `flow run --inline`, on the demo and the real DL2 graph.
 
-    NUMBA_CACHE_DIR=.cache/numba python bench/efficiency.py [--quick] [--repeats N]
+    python bench/efficiency.py [--quick] [--repeats N]
 
 Each run is the command line a user types (``python -m flow.cli run FILE [--inline]`` in its own
 process), interleaved per repeat so that machine noise hits every variant alike:
@@ -46,7 +46,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
 os.environ["PYTHONPATH"] = os.pathsep.join(  # the commands and their workers find bench.realdata
     p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
-os.environ.setdefault("NUMBA_CACHE_DIR", str(ROOT / ".cache" / "numba"))
+from flow.engine.memory import default_numba_cache  # noqa: E402
+
+default_numba_cache()   # the kernels `make venv` compiled (before numba loads)
 
 import yaml  # noqa: E402
 

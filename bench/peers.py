@@ -1,6 +1,6 @@
 """The same real chain under flow and under its peers: a plain loop, multiprocessing.Pool, Dask, Ray.
 
-    NUMBA_CACHE_DIR=.cache/numba python bench/peers.py [--quick] [--events N] [--repeats N]
+    python bench/peers.py [--quick] [--events N] [--repeats N]
 
 The chain is configs/simtel_dl2.yaml's five stagers, the project's own step objects (calibrate,
 clean, parameters, quality, reconstruct, with the config's parameters and the SST-1M file's
@@ -45,7 +45,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
 os.environ["PYTHONPATH"] = os.pathsep.join(  # workers of every system find bench.peers
     p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
-os.environ.setdefault("NUMBA_CACHE_DIR", str(ROOT / ".cache" / "numba"))
+from flow.engine.memory import default_numba_cache  # noqa: E402
+
+default_numba_cache()   # the kernels `make venv` compiled (before numba loads)
 warnings.filterwarnings("ignore")
 
 from flow.graph.params import Param  # noqa: E402

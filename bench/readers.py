@@ -8,7 +8,7 @@ ratios (simtel ev/s / adapter ev/s). Opening the file and publishing the context
 (each producer's context is built once before timing). The last line printed is one JSON object:
 ``{"file": ..., "events": n, "simtel_ev_s": x, "adapter_ev_s": y, "ratio": r}``.
 
-    NUMBA_CACHE_DIR=.cache/numba python bench/readers.py [--quick] [--file NAME]
+    python bench/readers.py [--quick] [--file NAME]
 """
 
 from __future__ import annotations

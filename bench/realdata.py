@@ -1,6 +1,6 @@
 """The DL2 pipeline on real sim_telarray files: the engine with N workers vs a plain ctapipe loop.
 
-    NUMBA_CACHE_DIR=.cache/numba python bench/realdata.py [--quick] [--workers N] [--file NAME]
+    python bench/realdata.py [--quick] [--workers N] [--file NAME]
 
 Both run in this run, on the same events, interleaved per repeat so that machine noise hits both:
 
@@ -47,7 +47,9 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 os.environ["PYTHONPATH"] = os.pathsep.join(  # workers are fresh interpreters: find bench.realdata
     p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
-os.environ.setdefault("NUMBA_CACHE_DIR", str(ROOT / ".cache" / "numba"))
+from flow.engine.memory import default_numba_cache  # noqa: E402
+
+default_numba_cache()   # the kernels `make venv` compiled (before numba loads)
 warnings.filterwarnings("ignore")
 
 import yaml  # noqa: E402

@@ -6,7 +6,7 @@ number of images; ours and ctapipe alternate within each repeat and the speedup 
 the per-repeat ratios. The last line printed is one JSON object:
 ``{"speedup_vs_ctapipe": {"cleaning": r, "hillas": r, "all_image": r}}``.
 
-    NUMBA_CACHE_DIR=.cache/numba python bench/stages.py [--quick]
+    python bench/stages.py [--quick]
 """
 
 from __future__ import annotations

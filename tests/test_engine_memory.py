@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import platform
+from pathlib import Path
 
 from flow.engine.memory import tune_malloc
 
@@ -47,3 +48,30 @@ def test_a_run_gives_back_the_callers_gc_settings(tmp_path):
         """)
     assert summary.exit_code == 0 and summary.consumed == {"write": 20}
     assert gc.get_threshold() == before and gc.get_freeze_count() == 0
+
+
+def test_numba_cache_is_the_one_make_venv_warms():
+    from flow.engine.memory import NUMBA_CACHE
+    from stages.warm import DEFAULT_CACHE
+    assert Path(NUMBA_CACHE) == DEFAULT_CACHE
+
+
+def test_every_flow_process_reads_numba_cache_from_the_same_place(tmp_path):
+    """The CLI (an inline run compiles in this process), workers and the template default to the
+    cache `make venv` fills; an explicit NUMBA_CACHE_DIR wins."""
+    import os
+    import subprocess
+    import sys
+    probe = ("import sys; from flow.cli.app import main; main(['validate', 'configs/demo.yaml']); "
+             "import numba; print(numba.config.CACHE_DIR)")
+    root = Path(__file__).resolve().parent.parent
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}
+    env.update(HOME=str(tmp_path), PYTHONPATH=str(root))
+    out = subprocess.run([sys.executable, "-c", probe], cwd=root, env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[-1] == str(tmp_path / ".cache" / "flow-iact" / "numba")
+    env["NUMBA_CACHE_DIR"] = str(tmp_path / "mine")
+    out = subprocess.run([sys.executable, "-c", probe], cwd=root, env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert out.stdout.splitlines()[-1] == str(tmp_path / "mine")

@@ -24,6 +24,7 @@ from flow.cli.common import (
     Command,
     print_config_errors,
 )
+from flow.engine.memory import default_numba_cache
 from flow.errors import ConfigError, FlowError
 
 #: The subcommand modules of this package, in the order of ``flow --help``.
@@ -68,6 +69,7 @@ def build_parser(commands: Sequence[Command] | None = None) -> argparse.Argument
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``flow`` console script; returns the exit code (see `EXIT_CODES`)."""
     args = build_parser().parse_args(argv)
+    default_numba_cache()   # an inline run's kernels come from the cache `make venv` filled
     if os.getcwd() not in sys.path and "" not in sys.path:
         sys.path.insert(0, os.getcwd())
     try:

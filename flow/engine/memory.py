@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import gc
+import os
 
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
@@ -47,4 +48,17 @@ def tune_gc() -> None:
     gc.set_threshold(GC_THRESHOLD0, g1, g2)
 
 
-__all__ = ["tune_gc", "tune_malloc"]
+#: numba's cache of the stages' kernels when NUMBA_CACHE_DIR is unset: `make venv` fills it
+#: (``python -m stages.warm``, whose `DEFAULT_CACHE` is the same path: stages cannot import the
+#: engine, a test holds the two equal) and every flow process reads it, inline runs included.
+NUMBA_CACHE = os.path.join("~", ".cache", "flow-iact", "numba")
+
+
+def default_numba_cache() -> str:
+    """Set NUMBA_CACHE_DIR to `NUMBA_CACHE` unless it is set; returns the directory in use. Call it
+    before numba is imported (numba reads the variable once): a process left on numba's default
+    (``__pycache__`` beside the sources) compiles the whole chain again, for a minute on 2 cores."""
+    return os.environ.setdefault("NUMBA_CACHE_DIR", os.path.expanduser(NUMBA_CACHE))
+
+
+__all__ = ["NUMBA_CACHE", "default_numba_cache", "tune_gc", "tune_malloc"]

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from flow.engine.deadletter import DeadLetterFile
 from flow.engine.inline import run_inline
+from flow.engine.memory import default_numba_cache
 from flow.errors import ConfigError, RunError
 from flow.graph.model import Graph, resolve_use
 from flow.graph.step import instantiate
@@ -81,6 +82,7 @@ def prepare_context(graph: Graph, resume: bool = False, shard: tuple[int, int] |
 def run(graph: Graph, options: RunOptions | None = None) -> RunSummary:
     """Run ``graph`` to completion and return its summary (also written as JSON if asked)."""
     options = options or RunOptions()
+    default_numba_cache()   # in effect if numba is not loaded yet (an inline run's steps)
     context, total = prepare_context(graph, options.resume, options.shard)
     if options.inline:
         summary = _run_inline(graph, context)

@@ -25,7 +25,7 @@ import warnings
 import zmq
 
 from flow.engine.fused import FusedChain, Member
-from flow.engine.memory import tune_gc, tune_malloc
+from flow.engine.memory import default_numba_cache, tune_gc, tune_malloc
 from flow.engine.outputs import ALL, path_after, producer_outputs, stager_outputs
 from flow.errors import ProtocolError, StepError
 from flow.graph.step import InputWarning, import_object, instantiate
@@ -535,8 +535,7 @@ def worker_main(endpoint: str, worker_id: str, step_name: str, keys_dir: str | N
     """Entry point of a worker process (multiprocessing spawn target, or `flow agent`)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the router coordinates shutdown
     tune_malloc()
-    os.environ.setdefault("NUMBA_CACHE_DIR", os.path.join(os.path.expanduser("~"), ".cache",
-                                                          "flow-iact", "numba"))
+    default_numba_cache()
     worker = Worker(endpoint, worker_id, step_name, keys_dir)
     try:
         if not worker.start():

@@ -238,10 +238,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--status-dir", help="where to record each worker's exit code")
     p.add_argument("modules", nargs="*")
     a = p.parse_args(argv)
-    from flow.engine.memory import tune_malloc
+    from flow.engine.memory import default_numba_cache, tune_malloc
     tune_malloc()
-    os.environ.setdefault("NUMBA_CACHE_DIR", os.path.join(os.path.expanduser("~"), ".cache",
-                                                          "flow-iact", "numba"))
+    default_numba_cache()
     preload(["flow.engine.worker", *a.modules])
     serve(a.reply_fd, a.status_dir)
     return 0
