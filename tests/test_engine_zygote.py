@@ -96,3 +96,37 @@ def test_a_template_that_is_gone_falls_back_to_spawn(tmp_path):
         h.kill()
         h.join(5)
     assert not h.alive()
+
+
+SLOW_CONTEXT = """
+name: slow-context
+steps:
+  - {name: read, use: "tests.template_probe:SlowContext", with: {n: 20, context_s: 1.5, fail: FAIL},
+     to: [add]}
+  - {name: add, use: "tests.steps:AddOne", to: [write]}
+  - {name: write, use: "tests.steps:ListConsumer", with: {path: OUT/out.jsonl}}
+"""
+
+
+def test_the_template_imports_while_the_producers_build_their_context(tmp_path, monkeypatch):
+    probe = tmp_path / "probe.txt"
+    monkeypatch.setenv("FLOW_PROBE_FILE", str(probe))
+    graph = load(tmp_path, SLOW_CONTEXT.replace("FAIL", "false"))
+    summary = run(graph, RunOptions(quiet=True, run_dir=str(tmp_path / "run")))
+    assert summary.exit_code == EXIT_OK and summary.consumed == {"write": 20}
+    rows = [line.split() for line in probe.read_text().splitlines()]
+    context = [r for r in rows if r[0] == "context"]
+    assert len(context) == 1 and int(context[0][1]) == os.getpid()   # built here, by the router
+    imports = [r for r in rows if r[0] == "import" and int(r[1]) != os.getpid()]
+    assert imports, "the template imported the step's module"
+    # the template had the module imported while the context was still being built
+    assert float(imports[0][2]) < float(context[0][3])
+
+
+def test_a_context_that_fails_stops_the_template_it_started(tmp_path):
+    graph = load(tmp_path, SLOW_CONTEXT.replace("FAIL", "true").replace("1.5", "0.5"))
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    with pytest.raises(Exception, match="cannot read the subarray"):
+        run(graph, RunOptions(quiet=True, run_dir=str(tmp_path / "run")))
+    left = [p for p in psutil.Process().children(recursive=True) if p.pid not in before]
+    assert not [p for p in left if p.is_running() and p.status() != psutil.STATUS_ZOMBIE], left

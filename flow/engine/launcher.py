@@ -145,12 +145,13 @@ class LocalLauncher:
     """
 
     def __init__(self, endpoint: str, keys_dir: str | None = None, run_tag: str = "",
-                 graph=None, agent_wait_s: float | None = None, start_method: str | None = None):
+                 graph=None, agent_wait_s: float | None = None, start_method: str | None = None,
+                 zygote: Zygote | None = None):
         self.endpoint = endpoint
         if start_method is None:
             start_method = getattr(getattr(graph, "router", None), "start_method", "spawn")
         self.start_method = start_method if hasattr(os, "fork") else "spawn"
-        self.zygote: Zygote | None = None
+        self.zygote: Zygote | None = zygote   # started early by `flow.engine.run` (or at need)
         self.keys_dir = keys_dir
         self._ids = itertools.count()
         self.run_tag = run_tag or f"{os.getpid()}"

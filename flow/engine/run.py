@@ -13,7 +13,9 @@ from pathlib import Path
 
 from flow.engine.deadletter import DeadLetterFile
 from flow.engine.inline import run_inline
+from flow.engine.launcher import local_env
 from flow.engine.memory import default_numba_cache
+from flow.engine.zygote import start_template
 from flow.errors import ConfigError, RunError
 from flow.graph.model import Graph, resolve_use
 from flow.graph.step import instantiate
@@ -83,11 +85,21 @@ def run(graph: Graph, options: RunOptions | None = None) -> RunSummary:
     """Run ``graph`` to completion and return its summary (also written as JSON if asked)."""
     options = options or RunOptions()
     default_numba_cache()   # in effect if numba is not loaded yet (an inline run's steps)
-    context, total = prepare_context(graph, options.resume, options.shard)
     if options.inline:
+        context, total = prepare_context(graph, options.resume, options.shard)
         summary = _run_inline(graph, context)
     else:
-        summary = _run_router(graph, context, total, options)
+        # the worker template imports the steps' modules and preloads their kernels while this
+        # process asks the producers for their context (a file's subarray: seconds for 100+
+        # telescopes): on two cores the two overlap
+        zygote = start_template(graph, local_env())
+        try:
+            context, total = prepare_context(graph, options.resume, options.shard)
+        except BaseException:
+            if zygote is not None:
+                zygote.close()
+            raise
+        summary = _run_router(graph, context, total, options, zygote)
     if options.summary_json:
         summary.write_json(options.summary_json)
     return summary
@@ -109,19 +121,20 @@ def _run_inline(graph: Graph, context: dict) -> RunSummary:
         signal.signal(signal.SIGINT, old)
 
 
-def _run_router(graph: Graph, context: dict, total: int | None, options: RunOptions) -> RunSummary:
+def _run_router(graph: Graph, context: dict, total: int | None, options: RunOptions,
+                zygote=None) -> RunSummary:
     own_dir = not options.run_dir      # a private temporary directory, removed at the end
     run_dir = Path(options.run_dir or tempfile.mkdtemp(prefix="flow-run-"))
     run_dir.mkdir(parents=True, exist_ok=True)
     try:
-        return _run_in(run_dir, graph, context, total, options)
+        return _run_in(run_dir, graph, context, total, options, zygote)
     finally:
         if own_dir:
             shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def _run_in(run_dir: Path, graph: Graph, context: dict, total: int | None,
-            options: RunOptions) -> RunSummary:
+            options: RunOptions, zygote=None) -> RunSummary:
     import zmq
 
     from flow.engine.router import Router
@@ -139,7 +152,7 @@ def _run_in(run_dir: Path, graph: Graph, context: dict, total: int | None,
     router = Router(graph, endpoint, context_frames=context_frames,
                     dead_letter=DeadLetterFile(graph.router.dead_letter, graph.file),
                     ctx=ctx, keys_dir=options.keys_dir,
-                    use_specs={s.name: use_spec(s.use) for s in graph.steps})
+                    use_specs={s.name: use_spec(s.use) for s in graph.steps}, zygote=zygote)
     from flow.wire import shm
     if graph.router.shm_threshold > 0 and endpoint.startswith("ipc://") and shm.available():
         router.enable_shm(f"flow-{run_id}-", graph.router.shm_threshold)

@@ -231,6 +231,18 @@ def preload_modules(graph) -> list[str]:
     return modules
 
 
+def start_template(graph, env: dict) -> Zygote | None:
+    """The worker template for ``graph``, importing its modules in the background from now on
+    (`flow.engine.run` starts it before asking the producers for their context, so that the two
+    overlap), or None where it cannot run (no fork, ``start_method: spawn``, it fails to start)."""
+    if not hasattr(os, "fork") or getattr(graph.router, "start_method", "zygote") != "zygote":
+        return None
+    try:
+        return Zygote(preload_modules(graph), env)
+    except OSError:
+        return None
+
+
 def main(argv: list[str] | None = None) -> int:
     import argparse
     p = argparse.ArgumentParser(prog="python -m flow.engine.zygote", description=__doc__)

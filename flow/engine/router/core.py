@@ -49,7 +49,7 @@ class Router(WorkerLifecycle, CreditAndLeasing, AckHandling, EndOfStream, Shared
                  launcher=None, dead_letter: DeadLetterFile | None = None,
                  on_tick: Callable[[Router], None] | None = None,
                  ctx: zmq.Context | None = None, keys_dir: str | None = None,
-                 use_specs: dict[str, str] | None = None):
+                 use_specs: dict[str, str] | None = None, zygote=None):
         self.graph = graph
         self.opts = graph.router
         self.ctx = ctx or zmq.Context.instance()
@@ -70,7 +70,8 @@ class Router(WorkerLifecycle, CreditAndLeasing, AckHandling, EndOfStream, Shared
             self.sock.bind(endpoint)
         self.endpoint = endpoint
         self.context_frames = context_frames or []
-        self.launcher = launcher or LocalLauncher(endpoint, keys_dir=keys_dir, graph=graph)
+        self.launcher = launcher or LocalLauncher(endpoint, keys_dir=keys_dir, graph=graph,
+                                                  zygote=zygote)
         self.dead_letter = dead_letter or DeadLetterFile(self.opts.dead_letter)
         self.on_tick = on_tick
         self.use_specs = use_specs or {}
