@@ -15,10 +15,12 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
-os.environ.setdefault("NUMBA_CACHE_DIR", str(ROOT / ".cache" / "numba"))
 os.environ.setdefault("MPLCONFIGDIR", str(ROOT / ".cache" / "mpl"))
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+from flow.engine.memory import default_numba_cache  # noqa: E402
+
+default_numba_cache()   # the kernels `make venv` compiled: tests load them as users' runs do
 # worker processes import tests.steps: make the repository importable for them too
 os.environ["PYTHONPATH"] = os.pathsep.join(
     p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
