@@ -130,3 +130,16 @@ def test_a_context_that_fails_stops_the_template_it_started(tmp_path):
         run(graph, RunOptions(quiet=True, run_dir=str(tmp_path / "run")))
     left = [p for p in psutil.Process().children(recursive=True) if p.pid not in before]
     assert not [p for p in left if p.is_running() and p.status() != psutil.STATUS_ZOMBIE], left
+
+
+def test_flow_run_prints_no_warning_of_the_template(tmp_path):
+    """`python -m flow.engine.zygote` must not find itself imported already (runpy's
+    RuntimeWarning on every run): `flow.engine.run` imports it only when a run starts."""
+    import subprocess
+    import sys
+    (tmp_path / "g.yaml").write_text(PIPE.replace("METHOD", "zygote").replace("n: 500", "n: 5")
+                                     .replace("OUT/", f"{tmp_path}/"))
+    done = subprocess.run([sys.executable, "-m", "flow.cli", "run", str(tmp_path / "g.yaml"),
+                           "--quiet"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "Warning" not in done.stderr, done.stderr

@@ -13,9 +13,7 @@ from pathlib import Path
 
 from flow.engine.deadletter import DeadLetterFile
 from flow.engine.inline import run_inline
-from flow.engine.launcher import local_env
 from flow.engine.memory import default_numba_cache
-from flow.engine.zygote import start_template
 from flow.errors import ConfigError, RunError
 from flow.graph.model import Graph, resolve_use
 from flow.graph.step import instantiate
@@ -92,6 +90,9 @@ def run(graph: Graph, options: RunOptions | None = None) -> RunSummary:
         # the worker template imports the steps' modules and preloads their kernels while this
         # process asks the producers for their context (a file's subarray: seconds for 100+
         # telescopes): on two cores the two overlap
+        # not imported at the top: `python -m flow.engine.zygote` imports `flow`, hence this module
+        from flow.engine.launcher import local_env
+        from flow.engine.zygote import start_template
         zygote = start_template(graph, local_env())
         try:
             context, total = prepare_context(graph, options.resume, options.shard)
