@@ -50,12 +50,6 @@ def test_a_run_gives_back_the_callers_gc_settings(tmp_path):
     assert gc.get_threshold() == before and gc.get_freeze_count() == 0
 
 
-def test_numba_cache_is_the_one_make_venv_warms():
-    from flow.engine.memory import NUMBA_CACHE
-    from stages.warm import DEFAULT_CACHE
-    assert Path(NUMBA_CACHE) == DEFAULT_CACHE
-
-
 def test_every_flow_process_reads_numba_cache_from_the_same_place(tmp_path):
     """The CLI (an inline run compiles in this process), workers and the template default to the
     cache `make venv` fills; an explicit NUMBA_CACHE_DIR wins."""

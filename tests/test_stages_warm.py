@@ -26,9 +26,9 @@ def test_copied_is_deep_and_read_only_on_request():
 
 
 def test_default_cache_is_the_one_flow_workers_use():
-    source = (ROOT / "flow" / "engine" / "worker.py").read_text(encoding="utf-8")
-    parts = ", ".join(f'"{p}"' for p in DEFAULT_CACHE.parts[1:])   # after "~"
-    assert f'os.path.expanduser("~"), {parts}' in source.replace("\n", " ").replace("  ", "")
+    """stages cannot import the engine: the two defaults are written twice and held equal here."""
+    from flow.engine.memory import NUMBA_CACHE
+    assert Path(NUMBA_CACHE) == DEFAULT_CACHE
 
 
 def cache_files(cache: Path) -> dict[str, tuple[int, int]]:
