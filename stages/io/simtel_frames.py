@@ -182,13 +182,16 @@ def initial_monitoring(path: str, allowed, max_bytes: int) -> dict[int, dict]:
     `stages.io.simtel_event.convert_event` reads (see `monitoring_fields`)."""
     from .simtel_parser import object_of
 
+    latest: dict = {CAMERA_MONITORING: {}, LASER_CALIBRATION: {}}
     with EventIOFile(path) as stream:
-        latest: dict = {CAMERA_MONITORING: {}, LASER_CALIBRATION: {}}
-        for kind, _, _, raw in read_objects(stream, max_bytes):
-            if kind in MONITORING and (allowed is None or telescope_of(raw) in allowed):
-                latest[kind][telescope_of(raw)] = raw
-            elif kind in (ARRAY_EVENT, CALIBRATION_EVENT, HISTOGRAMS):
-                break
+        try:
+            for kind, _, _, raw in read_objects(stream, max_bytes):
+                if kind in MONITORING and (allowed is None or telescope_of(raw) in allowed):
+                    latest[kind][telescope_of(raw)] = raw
+                elif kind in (ARRAY_EVENT, CALIBRATION_EVENT, HISTOGRAMS):
+                    break
+        except (EOFError, ValueError):  # no event: nothing to publish, the reader will warn
+            pass
     out: dict[int, dict] = {}
     for kind, key in ((CAMERA_MONITORING, "camera_monitoring"),
                       (LASER_CALIBRATION, "laser_calibration")):
