@@ -114,67 +114,97 @@ def telescope_of(raw: bytes) -> int:
     return int(object_of(raw).telescope_id)
 
 
+class EventFramer:
+    """eventio's SimTelFile state machine on raw objects: the current shower, event and each
+    telescope's monitoring objects; `feed` takes the file's objects in order and returns each
+    array event it completes (``{"event_id", "type", "objects": [raw...], "tels"}``)."""
+
+    def __init__(self, allowed=None, skip_calibration: bool = True):
+        self.allowed, self.skip_calibration = allowed, skip_calibration
+        self.shower = self.calib_pe = self.current = self.snapshot = None
+        self.monitoring: dict = {CAMERA_MONITORING: {}, LASER_CALIBRATION: {}}
+
+    def feed(self, kind: int, obj_id: int, offset: int, raw: bytes) -> dict | None:
+        """One top-level object in; the event it completes (or None) out."""
+        if kind == MC_EVENT:
+            return self.start({"type": "data", "objects": [self.shower, raw] if self.shower
+                               else [raw]})
+        if kind in (ARRAY_EVENT, CALIBRATION_EVENT):
+            return self.add_array_event(kind, obj_id, raw)
+        if kind == MC_SHOWER:
+            self.shower = raw
+        elif kind in (TELESCOPE_DATA, PE_SUM) and self.current is not None:
+            self.current["objects"].append(raw)
+        elif kind in MONITORING:
+            self.monitoring[kind][telescope_of(raw)] = (offset, raw)
+        elif kind == CALIBRATION_PE:
+            self.calib_pe = raw
+        return None
+
+    def start(self, event: dict) -> dict | None:
+        """Begin ``event``; the previous one if complete."""
+        done, self.current = self.finish(), event
+        return done
+
+    def finish(self) -> dict | None:
+        """The current event if it is one SimTelFile yields (telescopes with data; calibration
+        events unless skipped), else None."""
+        event = self.current
+        if event and event.get("tels") and (event["type"] == "data" or not self.skip_calibration):
+            return event
+        return None
+
+    def add_array_event(self, kind: int, obj_id: int, raw: bytes) -> dict | None:
+        """An ArrayEvent (or CalibrationEvent): the current event's last object, after the
+        monitoring of its telescopes that changed since the first array event."""
+        if self.snapshot is None:
+            self.snapshot = {t: self.offsets(t) for k in MONITORING for t in self.monitoring[k]}
+        done = None
+        if kind == CALIBRATION_EVENT or self.shower is None:
+            done = self.start({"type": "calibration", "objects": []})
+            if kind == CALIBRATION_EVENT:
+                self.current["calibration_type"] = obj_id
+                if self.calib_pe is not None:
+                    self.current["objects"].append(self.calib_pe)
+                    self.calib_pe = None
+        if self.current is None:
+            raise ValueError("an ArrayEvent before any MCEvent")
+        event_id, tels = array_event_info(raw, kind == CALIBRATION_EVENT, self.allowed)
+        for tel_id in tels:
+            if self.offsets(tel_id) != self.snapshot.get(tel_id, (None, None)):
+                self.current["objects"].extend(
+                    self.monitoring[k][tel_id][1] for k in MONITORING
+                    if tel_id in self.monitoring[k])
+        self.current["objects"].append(raw)
+        self.current.update(event_id=event_id, tels=tels)
+        return done
+
+    def offsets(self, tel_id: int) -> tuple:
+        """Where the telescope's current CameraMonitoring and LaserCalibration start (or None)."""
+        return tuple(self.monitoring[k].get(tel_id, (None,))[0] for k in MONITORING)
+
+
 def frame_events(objects, allowed=None, skip_calibration: bool = True) -> Iterator[dict]:
-    """Raw array events (``{"event_id", "type", "objects": [raw...], "tels"}``) of the framed
-    objects of a file: what eventio's SimTelFile would yield (non-triggered showers dropped,
-    calibration events unless ``skip_calibration``). An event carries a telescope's
-    CameraMonitoring and LaserCalibration whenever they differ from those it had at the file's
-    first array event (`initial_monitoring`, in the context).
+    """The raw array events (`EventFramer`) of a file's framed objects (`read_objects`): what
+    eventio's SimTelFile would yield (non-triggered showers dropped, calibration events unless
+    ``skip_calibration``). An event carries a telescope's CameraMonitoring and LaserCalibration
+    whenever they differ from those it had at the file's first array event (`initial_monitoring`,
+    in the context). On a truncated file, the last event read whole comes out, then the EOFError.
     """
-    shower, calib_pe, current, snapshot = None, None, None, None
-    monitoring: dict[int, dict[int, tuple[int, bytes]]] = {CAMERA_MONITORING: {},
-                                                            LASER_CALIBRATION: {}}
-
-    def complete(event):
-        return (event is not None and "tels" in event and event["tels"]
-                and (event["type"] == "data" or not skip_calibration))
-
+    framer = EventFramer(allowed, skip_calibration)
     try:
         for kind, obj_id, offset, raw in objects:
-            if kind == MC_EVENT:
-                if complete(current):
-                    yield current
-                current = {"type": "data", "objects": [shower, raw] if shower else [raw]}
-            elif kind == MC_SHOWER:
-                shower = raw
-            elif kind in (ARRAY_EVENT, CALIBRATION_EVENT):
-                if snapshot is None:
-                    snapshot = {t: (monitoring[CAMERA_MONITORING].get(t, (None,))[0],
-                                    monitoring[LASER_CALIBRATION].get(t, (None,))[0])
-                                for t in set(monitoring[CAMERA_MONITORING])
-                                | set(monitoring[LASER_CALIBRATION])}
-                if kind == CALIBRATION_EVENT or shower is None:
-                    if complete(current):
-                        yield current
-                    current = {"type": "calibration", "objects": []}
-                    if kind == CALIBRATION_EVENT:
-                        current["calibration_type"] = obj_id
-                        if calib_pe is not None:
-                            current["objects"].append(calib_pe)
-                            calib_pe = None
-                if current is None:
-                    raise ValueError("an ArrayEvent before any MCEvent")
-                event_id, tels = array_event_info(raw, kind == CALIBRATION_EVENT, allowed)
-                for tel_id in tels:
-                    now = tuple(monitoring[k].get(tel_id, (None, None)) for k in MONITORING)
-                    if (now[0][0], now[1][0]) != snapshot.get(tel_id, (None, None)):
-                        current["objects"].extend(r for _, r in now if r is not None)
-                current["objects"].append(raw)
-                current.update(event_id=event_id, tels=tels)
-            elif kind in (TELESCOPE_DATA, PE_SUM) and current is not None:
-                current["objects"].append(raw)
-            elif kind in MONITORING:
-                monitoring[kind][telescope_of(raw)] = (offset, raw)
-            elif kind == CALIBRATION_PE:
-                calib_pe = raw
-            elif kind == HISTOGRAMS:
+            if kind == HISTOGRAMS:   # the end of the file's events
                 break
-    except EOFError:   # as SimTelFile: the last event read whole comes out, then the error
-        if complete(current):
-            yield current
+            event = framer.feed(kind, obj_id, offset, raw)
+            if event is not None:
+                yield event
+    except EOFError:
+        if (event := framer.finish()) is not None:
+            yield event
         raise
-    if complete(current):
-        yield current
+    if (event := framer.finish()) is not None:
+        yield event
 
 
 def initial_monitoring(path: str, allowed, max_bytes: int) -> dict[int, dict]:
