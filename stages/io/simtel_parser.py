@@ -83,11 +83,17 @@ def parse_raw_event(raw: dict, monitoring: dict, allowed=None) -> dict:
     if "telescope_events" not in event:
         raise DataError("a raw sim_telarray event without an ArrayEvent")
     tels = event["telescope_events"]
-    event["camera_monitorings"] = {t: own[so.CameraMonitoring].get(t) or dict(
-        monitoring.get(t, {}).get("camera_monitoring", {})) for t in tels}
-    event["laser_calibrations"] = {t: own[so.LaserCalibration].get(t) or dict(
-        monitoring.get(t, {}).get("laser_calibration", {})) for t in tels}
+    event["camera_monitorings"] = current_monitoring(
+        tels, own[so.CameraMonitoring], monitoring, "camera_monitoring")
+    event["laser_calibrations"] = current_monitoring(
+        tels, own[so.LaserCalibration], monitoring, "laser_calibration")
     return event
+
+
+def current_monitoring(tels, own: dict, monitoring: dict, kind: str) -> dict:
+    """Per telescope of the event, its monitoring object: the event's own (parsed), else the
+    context's (``monitoring[tel_id][kind]``), else empty (as SimTelFile for a telescope without)."""
+    return {t: own.get(t) or dict(monitoring.get(t, {}).get(kind, {})) for t in tels}
 
 
 class SimtelParser(Stager):
