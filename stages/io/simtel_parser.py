@@ -18,8 +18,7 @@ from flow.errors import DataError
 from flow.graph.step import Stager
 
 from .simtel_event import convert_event, prepared_run
-
-HEAD = 16  # sync marker and object header of a top-level object
+from .simtel_frames import CONTEXT_KEY
 
 
 def object_of(raw, offset: int = 0):
@@ -119,7 +118,7 @@ class SimtelParser(Stager):
         if not hasattr(self, "_files"):
             self.setup()
         if source not in self._files:
-            key = f"simtel_frames.{source}"
+            key = CONTEXT_KEY.format(source)
             if key not in (self.context or {}):
                 raise DataError(f"no context '{key}': SimtelParser needs the SimtelFrames "
                                 f"producer '{source}' in the same graph")
