@@ -32,6 +32,7 @@ bench: venv
 	$(BIN)/python bench/scaling.py --quick
 	$(BIN)/python bench/stages.py --quick
 	$(BIN)/python bench/realdata.py --quick
+	$(BIN)/python bench/simtel_reader.py --quick
 	$(BIN)/python bench/gui_overhead.py --quick
 
 lint: venv

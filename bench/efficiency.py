@@ -6,8 +6,11 @@ Each run is the command line a user types (``python -m flow.cli run FILE [--inli
 process), interleaved per repeat so that machine noise hits every variant alike:
 
 - demo: configs/demo.yaml (toy showers rendered by the source, nine steps), ``--events`` events;
-- simtel_dl2: configs/simtel_dl2.yaml on the SST-1M file, read ``passes`` times by
-  `bench.realdata.RepeatedSimtel` (keys prefixed by the pass) to reach >= 500 events;
+- simtel_dl2: configs/simtel_dl2.yaml on the SST-1M file, its split reader (`SimtelFrames` ->
+  `SimtelParser`, fused with the stagers after it) read ``passes`` times by
+  `bench.realdata.RepeatedSimtelFrames` (keys prefixed by the pass) to reach >= 500 events;
+- simtel_dl2_whole: the same with the reader unsplit (one `SimtelSource` producer,
+  `bench.realdata.RepeatedSimtel`), ``inline`` and ``fused`` only;
 
 each as ``--inline`` (one process), as ``flow run`` with ``router: {fuse: false}`` (a worker per
 step, as before fusion) and as ``flow run`` (fused, the default). Workers start from the warm
@@ -19,9 +22,10 @@ process's reaped children: the command, its workers and their template), and the
 ``inline wall / variant wall`` (> 1: the engine is faster than one process) and ``variant CPU /
 inline CPU``. ``startup_s``: wall seconds of a one-event run (interpreter, imports, workers,
 setup, one event through, end of stream), per variant. ``reader_serial_ms``: the cost per event of
-reading, decompressing and framing the SST-1M file's raw objects (eventio's ``EventIOFile``, no
-parsing), the part that must stay serial once parsing moves into the workers; the profile of
-``SimtelSource`` beside it says where its whole per-event cost goes. Last line, one JSON object:
+the split reader's serial part (`SimtelFrames`: reading, decompressing and framing the SST-1M file's
+raw objects, no parsing), beside `SimtelSource`'s whole cost (``reader.serial_share`` is their
+ratio), `SimtelParser`'s (the part the workers share) and a profile of `SimtelSource`.
+``split_vs_whole_reader``: simtel_dl2_whole wall / simtel_dl2 wall per variant. Last line, one JSON object:
 ``{"vs_inline": {"demo": r, "simtel_dl2": r}, "unfused_vs_inline": {...}, "startup_s": {...},
 "reader_serial_ms": x, ...}``.
 """
@@ -52,20 +56,30 @@ default_numba_cache()   # the kernels `make venv` compiled (before numba loads)
 
 import yaml  # noqa: E402
 
+# the repeating source for each reader (simtel_dl2 splits it: SimtelFrames -> SimtelParser)
+REPEATED = {"stages.io.simtel:SimtelSource": "bench.realdata:RepeatedSimtel",
+            "stages.io.simtel_frames:SimtelFrames": "bench.realdata:RepeatedSimtelFrames"}
+
 SST1M = "gamma_20deg_0deg_run102___cta-prod4-sst-1m_desert-2150m-Paranal-sst-1m.simtel.zst"
+WHOLE_VARIANTS = ("inline", "fused")  # simtel_dl2_whole: the graph with the reader unsplit
 VARIANTS = {"inline": ({}, True), "unfused": ({"fuse": False}, False), "fused": ({}, False),
             "spawn_unfused": ({"fuse": False, "start_method": "spawn"}, False)}
 
 
 def pipeline(graph: str, out: Path, events: int, router: dict) -> Path:
     """The YAML of one variant: the shipped config, its output in ``out``, ``router`` options."""
-    spec = yaml.safe_load((ROOT / "configs" / f"{graph}.yaml").read_text())
+    config = "simtel_dl2" if graph.startswith("simtel_dl2") else graph
+    spec = yaml.safe_load((ROOT / "configs" / f"{config}.yaml").read_text())
     steps = {s["name"]: s for s in spec["steps"]}
     steps["write"]["with"]["path"] = str(out / "out.h5")
     if graph == "demo":
         steps["read"]["with"]["n_events"] = events
     else:   # the SST-1M file, read as often as needed for `events`
-        steps["read"]["use"] = "bench.realdata:RepeatedSimtel"
+        if graph == "simtel_dl2_whole":   # the reader before the split: one SimtelSource
+            parse = steps.pop("parse")
+            spec["steps"].remove(parse)
+            steps["read"].update(use="stages.io.simtel:SimtelSource", to=parse["to"])
+        steps["read"]["use"] = REPEATED[steps["read"]["use"]]
         passes = max(1, -(-events // 31))
         steps["read"]["with"].update(path=f"dataset:{SST1M}", passes=passes,
                                      max_events=1 if events == 1 else 0)
@@ -109,16 +123,19 @@ PROFILE_GROUPS = (  # (name, predicate on (file, function)) in order; the first 
 
 
 def reader_costs(path: str) -> dict:
-    """ms per event of (a) reading, decompressing and framing the raw objects (EventIOFile, no
-    parsing), (b) eventio's SimTelFile (a + parsing into arrays), (c) SimtelSource's conversion
-    (R1 calibration into the event schema) of already parsed events; and a cProfile of (b)
-    grouped into decompression, framing and parsing."""
+    """ms per event of (a) `SimtelFrames` (the serial part of the split reader: read, decompress,
+    frame the raw objects of each array event, behind its reader thread), (b) `SimtelSource` (the
+    whole reader: a + parsing + R1 conversion), (c) `SimtelParser` on (a)'s events (the part the
+    workers share), (d) eventio's `EventIOFile` alone (no parsing) and eventio's `SimTelFile`; and a
+    cProfile of (b) grouped into decompression, framing and parsing. Contexts are built before."""
     import warnings
 
     from eventio import EventIOFile, SimTelFile
 
     from flow.graph.step import instantiate
     from stages.io.simtel import SimtelSource
+    from stages.io.simtel_frames import SimtelFrames
+    from stages.io.simtel_parser import SimtelParser
     warnings.filterwarnings("ignore")
 
     def raw() -> None:
@@ -130,20 +147,29 @@ def reader_costs(path: str) -> dict:
         with SimTelFile(path, skip_calibration=True) as f:
             return list(f)
 
-    events = parsed()
     src = instantiate(SimtelSource, "producer", "read", {"path": path})
     src.publish_context()
-    gen = src.process()
-    next(gen)        # sets up the source's run record (what _convert reads)
-    gen.close()
+    frames = instantiate(SimtelFrames, "producer", "read", {"path": path})
+    parser = instantiate(SimtelParser, "stager", "parse", {}, frames.publish_context())
+    parser.setup()
+    framed = [k.event for k in frames.process()]
 
-    def convert() -> None:
-        for i, item in enumerate(events):
-            src._convert(item, int(item.get("event_id", 0)) or -1 - i)
+    def source() -> None:
+        for _ in src.process():
+            pass
 
-    n = len(events)
+    def frame() -> None:
+        for _ in frames.process():
+            pass
+
+    def parse() -> None:
+        for event in framed:
+            parser.process(event)
+
+    n = len(framed)
     best = {}
-    for name, fn in (("raw", raw), ("simtelfile", parsed), ("convert", convert)):
+    for name, fn in (("frames", frame), ("source", source), ("parser", parse), ("raw", raw),
+                     ("simtelfile", parsed)):
         times = []
         for _ in range(5):
             t0 = time.perf_counter()
@@ -152,16 +178,18 @@ def reader_costs(path: str) -> dict:
         best[name] = 1e3 * statistics.median(times) / n
     profile = cProfile.Profile()
     profile.enable()
-    parsed()
+    source()
     profile.disable()
     groups = dict.fromkeys([name for name, _ in PROFILE_GROUPS], 0.0)
     for (file, _, func), (_, _, tottime, _, _) in pstats.Stats(profile).stats.items():
         name = next(g for g, match in PROFILE_GROUPS if match(file, func))
         groups[name] += tottime
     total = sum(groups.values()) or 1.0
-    return {"events": n, "raw_ms": best["raw"], "simtelfile_ms": best["simtelfile"],
-            "convert_ms": best["convert"],
-            "simtelfile_profile_share": {k: round(v / total, 3) for k, v in groups.items()}}
+    return {"events": n, "frames_ms": best["frames"], "source_ms": best["source"],
+            "parser_ms": best["parser"], "raw_ms": best["raw"],
+            "simtelfile_ms": best["simtelfile"],
+            "serial_share": best["frames"] / best["source"],
+            "source_profile_share": {k: round(v / total, 3) for k, v in groups.items()}}
 
 
 def med(xs) -> float:
@@ -174,24 +202,29 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=None)
     p.add_argument("--demo-events", type=int, default=None)
     p.add_argument("--simtel-events", type=int, default=500)
+    p.add_argument("--graphs", nargs="+", default=["demo", "simtel_dl2", "simtel_dl2_whole"],
+                   choices=["demo", "simtel_dl2", "simtel_dl2_whole"], help="graphs to run")
     a = p.parse_args(argv)
     from stages.datasets import resolve_path
     sst = str(resolve_path(f"dataset:{SST1M}"))
     repeats = a.repeats or (2 if a.quick else 3)
-    events = {"demo": a.demo_events or (1500 if a.quick else 3000), "simtel_dl2": a.simtel_events}
-    graphs = ("demo", "simtel_dl2")
-    runs: dict = {(g, v): [] for g in graphs for v in VARIANTS}
-    starts: dict = {(g, v): [] for g in graphs for v in VARIANTS}
+    events = {"demo": a.demo_events or (1500 if a.quick else 3000), "simtel_dl2": a.simtel_events,
+              "simtel_dl2_whole": a.simtel_events}
+    variants = {"demo": tuple(VARIANTS), "simtel_dl2": tuple(VARIANTS),
+                "simtel_dl2_whole": WHOLE_VARIANTS}
+    graphs = tuple(g for g in variants if g in a.graphs)
+    runs: dict = {(g, v): [] for g in graphs for v in variants[g]}
+    starts: dict = {(g, v): [] for g in graphs for v in variants[g]}
     # warm-up: numba caches and the file in the page cache (not counted)
     for g in graphs:
         run_variant(g, "inline", 1)
     for r in range(repeats):
         for g in graphs:
-            for v in VARIANTS:
+            for v in variants[g]:
                 starts[(g, v)].append(run_variant(g, v, 1)["wall_s"])
                 res = run_variant(g, v, events[g])
                 runs[(g, v)].append(res)
-                print(f"repeat {r + 1}/{repeats} {g:<11} {v:<14} wall {res['wall_s']:7.2f} s  "
+                print(f"repeat {r + 1}/{repeats} {g:<16} {v:<14} wall {res['wall_s']:7.2f} s  "
                       f"cpu {res['cpu_s']:7.2f} s  start-up {starts[(g, v)][-1]:5.2f} s",
                       flush=True)
     reader = reader_costs(sst)
@@ -202,28 +235,35 @@ def main(argv: list[str] | None = None) -> int:
         return med([i["wall_s"] / x["wall_s"] for i, x in zip(runs[(g, "inline")], runs[(g, v)],
                                                               strict=True)])
 
-    print(f"\n{'graph':<11} {'variant':<14} {'events':>7} {'wall s':>8} {'cpu s':>8} "
+    print(f"\n{'graph':<16} {'variant':<14} {'events':>7} {'wall s':>8} {'cpu s':>8} "
           f"{'inline/wall':>11} {'cpu/inline':>10} {'start-up s':>10}")
     for g in graphs:
-        for v in VARIANTS:
-            print(f"{g:<11} {v:<14} {runs[(g, v)][0]['events']:>7} {wall[(g, v)]:>8.2f} "
+        for v in variants[g]:
+            print(f"{g:<16} {v:<14} {runs[(g, v)][0]['events']:>7} {wall[(g, v)]:>8.2f} "
                   f"{cpu[(g, v)]:>8.2f} {ratio(g, v):>11.2f} "
                   f"{cpu[(g, v)] / cpu[(g, 'inline')]:>10.2f} {med(starts[(g, v)]):>10.2f}")
-    print(f"\nSimtelSource on the SST-1M file ({reader['events']} events), ms per event: "
-          f"raw objects read+decompressed+framed {reader['raw_ms']:.2f} · eventio SimTelFile "
-          f"(that + parsing) {reader['simtelfile_ms']:.2f} · SimtelSource's conversion of "
-          f"parsed events {reader['convert_ms']:.2f}; cProfile of SimTelFile, share of its "
-          f"time: {reader['simtelfile_profile_share']}")
+    print(f"\nThe SST-1M file ({reader['events']} events), ms per event: SimtelFrames (serial: "
+          f"read, decompress, frame) {reader['frames_ms']:.2f} = {reader['serial_share']:.1%} of "
+          f"SimtelSource {reader['source_ms']:.2f} · SimtelParser (in the workers) "
+          f"{reader['parser_ms']:.2f} · eventio EventIOFile alone {reader['raw_ms']:.2f} · "
+          f"eventio SimTelFile {reader['simtelfile_ms']:.2f}; cProfile of SimtelSource, share "
+          f"of its time: {reader['source_profile_share']}")
     result = {
         "vs_inline": {g: round(ratio(g, "fused"), 3) for g in graphs},
-        "unfused_vs_inline": {g: round(ratio(g, "unfused"), 3) for g in graphs},
-        "spawn_unfused_vs_inline": {g: round(ratio(g, "spawn_unfused"), 3) for g in graphs},
+        "unfused_vs_inline": {g: round(ratio(g, "unfused"), 3) for g in graphs
+                              if "unfused" in variants[g]},
+        "spawn_unfused_vs_inline": {g: round(ratio(g, "spawn_unfused"), 3) for g in graphs
+                                    if "spawn_unfused" in variants[g]},
         "cpu_vs_inline": {g: {v: round(cpu[(g, v)] / cpu[(g, "inline")], 3)
-                              for v in VARIANTS if v != "inline"} for g in graphs},
-        "startup_s": {g: {v: round(med(starts[(g, v)]), 3) for v in VARIANTS} for g in graphs},
+                              for v in variants[g] if v != "inline"} for g in graphs},
+        "startup_s": {g: {v: round(med(starts[(g, v)]), 3) for v in variants[g]}
+                      for g in graphs},
         "events": events,
         "reader": {k: (round(v, 3) if isinstance(v, float) else v) for k, v in reader.items()},
-        "reader_serial_ms": round(reader["raw_ms"], 3),
+        "reader_serial_ms": round(reader["frames_ms"], 3),
+        "split_vs_whole_reader": {v: round(med([s["wall_s"] / x["wall_s"] for s, x in zip(
+            runs[("simtel_dl2_whole", v)], runs[("simtel_dl2", v)], strict=True)]), 3)
+            for v in WHOLE_VARIANTS} if {"simtel_dl2", "simtel_dl2_whole"} <= set(graphs) else {},
     }
     print(json.dumps(result))
     return 0

@@ -58,6 +58,7 @@ from flow.graph.params import Param  # noqa: E402
 from flow.graph.step import Keyed  # noqa: E402
 from stages.io.hdf5 import DL2Writer  # noqa: E402
 from stages.io.simtel import SimtelSource  # noqa: E402
+from stages.io.simtel_frames import SimtelFrames  # noqa: E402
 
 CONFIG = ROOT / "configs" / "simtel_dl2.yaml"
 FILES = {"sst1m": "gamma_20deg_0deg_run102___cta-prod4-sst-1m_desert-2150m-Paranal-sst-1m.simtel.zst",
@@ -78,6 +79,23 @@ class RepeatedSimtel(SimtelSource):
         # batches). The router already sent the context: use it.
         if "subarray" in (self.context or {}):
             self._context = dict(self.context)
+
+    def process(self) -> Iterator[Keyed]:
+        for n in range(self.first_pass, self.first_pass + self.passes):
+            for item in super().process():
+                if self.stamp:
+                    Path(self.stamp).write_text(json.dumps(time.time()))
+                    self.stamp = ""
+                yield Keyed(f"{n}:{item.key}", item.event)
+
+
+class RepeatedSimtelFrames(SimtelFrames):
+    """`SimtelFrames` reading its file ``passes`` times; keys ``"{pass}:{obs_id}:{event_id}"``
+    (the split reader of configs/simtel_dl2.yaml, as `RepeatedSimtel` is the whole one)."""
+
+    passes = Param(int, 1, "how many times the file is read")
+    first_pass = Param(int, 0, "number of the first pass (keys stay unique across sources)")
+    stamp = Param(str, "", "file receiving the time.time() of the first event out")
 
     def process(self) -> Iterator[Keyed]:
         for n in range(self.first_pass, self.first_pass + self.passes):
@@ -110,6 +128,11 @@ class TimedDL2Writer(DL2Writer):
                                                     "last": self._last}))
 
 
+#: the repeating source standing in for each reader a config may use
+REPEATED = {"stages.io.simtel:SimtelSource": "bench.realdata:RepeatedSimtel",
+            "stages.io.simtel_frames:SimtelFrames": "bench.realdata:RepeatedSimtelFrames"}
+
+
 def engine_graph(path: str, passes: int, workers: int, autoscale: bool, out_dir: Path,
                  readers: int = 1):
     """configs/simtel_dl2.yaml with the repeating source (split over ``readers`` producer steps),
@@ -119,7 +142,7 @@ def engine_graph(path: str, passes: int, workers: int, autoscale: bool, out_dir:
     spec = yaml.safe_load(CONFIG.read_text())
     steps = {s["name"]: s for s in spec["steps"]}
     read = steps["read"]
-    read["use"] = "bench.realdata:RepeatedSimtel"
+    read["use"] = REPEATED[read["use"]]
     spec["steps"].remove(read)
     shares = [passes // readers + (i < passes % readers) for i in range(readers)]
     for i, share in enumerate(shares):

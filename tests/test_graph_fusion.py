@@ -109,6 +109,7 @@ def test_show_config_says_which_steps_fuse_and_stays_a_valid_pipeline(tmp_path):
 
 def test_the_shipped_pipelines_fuse_their_whole_chain():
     g = load_graph("configs/simtel_dl2.yaml")
-    assert plan(g) == (Chain(("calibrate", "clean", "parameters", "quality", "reconstruct")),)
+    assert plan(g) == (Chain(("parse", "calibrate", "clean", "parameters", "quality",
+                              "reconstruct")),)
     g = load_graph("configs/demo.yaml")
     assert plan(g)[0].steps[0] == "render" and plan(g)[0].steps[-1] == "gammaness"

@@ -1,6 +1,9 @@
 """Inputs and outputs of the IACT step library.
 
-- `stages.io.simtel.SimtelSource`: sim_telarray files read with eventio (R1 waveforms as ctapipe).
+- `stages.io.simtel.SimtelSource`: sim_telarray files read with eventio (R1 waveforms as ctapipe);
+  split for scaling: `simtel_frames.SimtelFrames` (serial: read, decompress, frame raw objects)
+  and `simtel_parser.SimtelParser` (a stager: parses them into the same events); the R1 recipe
+  itself, pure functions, in `simtel_event`.
 - `stages.io.toy.ToyEventSource`: synthetic showers, deterministic per seed and event index.
 - `stages.io.dl1.DL1Source`: re-reads DL1 files written by `DL1Writer`.
 - `stages.io.toy_particles.ToyParticleSource`: toy runs of one particle type (IRF productions).

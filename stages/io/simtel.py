@@ -13,6 +13,11 @@ readout (samples, sampling rate, reference pulse shape and its sample width).
 
 A truncated or corrupt file ends the stream with a warning naming the file and the last good event;
 eventio runs in a reader thread so that a stalled read (``read_timeout_s``) cannot hang the pipeline.
+
+This producer does everything serially (~65 events/s on the SST-1M file, however many cores). The
+shipped configs split it: `stages.io.simtel_frames.SimtelFrames` (a subclass: same parameters,
+context, keys and warnings) only frames the raw objects, `stages.io.simtel_parser.SimtelParser`
+parses them in the workers; the R1 recipe both use is `stages.io.simtel_event`.
 """
 
 from __future__ import annotations
@@ -32,12 +37,20 @@ from flow.graph.step import InputWarning, Keyed, Producer
 
 from ..datasets import resolve_path
 from .geometry import camera_dict
+from .simtel_event import (  # noqa: F401 - re-exported: the R1 recipe lived here
+    GAIN_THRESHOLD,
+    clip_altitude,
+    convert_event,
+    event_calibration,
+    has_true_image,
+    prepared_run,
+    r1_waveform,
+    run_record,
+    select_gain,
+)
 
 log = logging.getLogger(__name__)
 
-GAIN_THRESHOLD = 4000.0  # ctapipe ThresholdGainSelector default, R0 counts of the high gain
-MISSING_IMAGE_BRIGHTNESS_LIMIT = 1_000_000
-HALF_PI, HALF_PI_MAX = 0.5 * np.pi, (1 + 1e-6) * 0.5 * np.pi
 # sim_telarray pixel_shape -> (ctapipe pixel type, pixel rotation in deg)
 PIXEL_SHAPES = {0: ("circle", 0.0), 1: ("hexagon", 0.0), 2: ("square", 0.0), 3: ("hexagon", 30.0)}
 _END = object()
@@ -46,54 +59,6 @@ _END = object()
 class SimtelReadWarning(InputWarning):
     """A sim_telarray file ended early (truncated or corrupt); the events before it were read
     (the engine reports it in the run summary and the statistics stream)."""
-
-
-def clip_altitude(alt: float) -> float:
-    """Round |alt| a hair above pi/2 (float32 rounding in sim_telarray) to pi/2, as ctapipe."""
-    if HALF_PI < alt < HALF_PI_MAX:
-        return HALF_PI
-    if -HALF_PI_MAX < alt < -HALF_PI:
-        return -HALF_PI
-    return alt
-
-
-def select_gain(r0: np.ndarray, threshold: float = GAIN_THRESHOLD) -> np.ndarray:
-    """ctapipe's ThresholdGainSelector: int8 (n_pix,), 1 (low) where a high-gain sample > threshold."""
-    if r0.shape[0] == 1:
-        return np.zeros(r0.shape[1], dtype=np.int8)
-    return (r0[0] > threshold).any(axis=1).astype(np.int8)
-
-
-def r1_waveform(r0, pedestal, factor, gain_selection: bool):
-    """R1 waveform float32 and selected gain (or None), ``apply_simtel_r1_calibration``'s recipe."""
-    n_pix = r0.shape[-2]
-    r1 = (r0 - pedestal[..., np.newaxis]) * factor[..., np.newaxis]
-    if not gain_selection:
-        return r1.astype(np.float32), None
-    selected = select_gain(r0)
-    return r1[np.newaxis, selected, np.arange(n_pix)].astype(np.float32), selected
-
-
-def has_true_image(history) -> bool:
-    """Whether the file stores true photo-electron images (ctapipe's ``_has_true_image``)."""
-    lines, tel_lines, tel = [], {}, 0
-    for _, raw in history:
-        line = raw.decode("utf-8").strip()
-        if line.startswith("# Telescope-specific configuration follows"):
-            tel += 1
-        (tel_lines.setdefault(tel, []) if tel else lines).append(line)
-    if lines and "merge_simtel" in lines[0]:
-        return False
-    save_photons, store_pe = 0, -1
-    for line in lines:
-        if line.lower().startswith("save_photons"):
-            save_photons = int(line.split()[1])
-        if line.lower().startswith("store_photoelectrons"):
-            store_pe = int(line.split()[1])
-    if save_photons & 0b10 or store_pe > 0:
-        return True
-    return any(int(line.split()[1]) > 0 for cfg in tel_lines.values() for line in cfg
-               if "store_photoelectrons" in line.lower())
 
 
 def telescope_names(tel_meta: dict, n_pixels: int, focal_length: float, n_mirrors: int):
@@ -208,19 +173,6 @@ def read_calibration(f, subarray: dict) -> dict:
     return out
 
 
-def event_calibration(array_event: dict, tel_id: int, shape, disabled) -> dict:
-    """Time shift and disabled pixels (``HV_disabled`` ids) of a telescope the context lacks.
-
-    sim_telarray may write a telescope's laser calibration after the first event (gamma_test holds
-    such telescopes); ctapipe then takes it from the event, and so does ChargeExtraction.
-    """
-    outliers = np.zeros(shape, dtype=bool)
-    outliers[:, disabled] = True
-    return {"time_shift_ns": np.asarray(array_event["laser_calibrations"][tel_id]["tm_calib"],
-                                        dtype=np.float64),
-            "outlier_mask": outliers}
-
-
 class SimtelSource(Producer):
     """Events of a sim_telarray file, R1-calibrated like ctapipe's SimTelEventSource."""
 
@@ -252,27 +204,27 @@ class SimtelSource(Producer):
             with f:
                 subarray = build_subarray(f, self.allowed_tels, str(path))
                 calibration = read_calibration(f, subarray)
-            self._context = {"subarray": subarray, "calibration": calibration,
-                             "provenance": {"input_files": [str(path)]}}
+                self._context = {"subarray": subarray, "calibration": calibration,
+                                 "provenance": {"input_files": [str(path)]}}
+                self._record = run_record(f, self._context)
         return self._context
 
     def total(self) -> int | None:
         return None
 
     def process(self) -> Iterator[Keyed]:
-        subarray = self.publish_context()["subarray"]
+        context = self.publish_context()
         path, f = self._open()
-        self._run = {"obs_id": int(f.header["run"]), "pointing": self._pointing(f.header),
-                     "true_images": self._has_true_image(f),
-                     "n_tels_original": len(f.header["tel_id"]),
-                     "tel_index": {int(t): i for i, t in enumerate(f.header["tel_id"])},
-                     "tel_ids": set(subarray["tels"]),
-                     "calibrated": set(self.publish_context()["calibration"]),
-                     "disabled": {int(t): d["disabled_pixels"]["HV_disabled"]
-                                  for t, d in f.telescope_descriptions.items()}}
+        self._run = prepared_run(run_record(f, context))
+        yield from self._pump(path, f, f.close, self._convert)
+
+    def _pump(self, path: Path, items, close, make_event) -> Iterator[Keyed]:
+        """Keyed events of ``make_event(item, event_id)`` for the items a reader thread takes
+        from ``items`` (``close()`` once it is done), up to ``max_events``; ends with a
+        SimtelReadWarning on a stalled read, a reading error or a malformed or oversized event."""
         stop = threading.Event()
         buffer: queue.Queue = queue.Queue(maxsize=4)
-        reader = threading.Thread(target=self._read, args=(f, buffer, stop), daemon=True,
+        reader = threading.Thread(target=self._read, args=(items, buffer, stop), daemon=True,
                                   name=f"simtel-reader-{path.name}")
         reader.start()
         last_good, count, pseudo_id = None, 0, 0
@@ -293,7 +245,7 @@ class SimtelSource(Producer):
                     pseudo_id -= 1
                     event_id = pseudo_id
                 try:
-                    event = self._convert(item, event_id)
+                    event = make_event(item, event_id)
                 except Exception as exc:  # a corrupt block that eventio parsed into nonsense
                     self._warn(path, last_good, f"event {event_id} is malformed ({exc!r})")
                     return
@@ -306,11 +258,12 @@ class SimtelSource(Producer):
             stop.set()
             reader.join(timeout=0 if reader.is_alive() and buffer.full() else 5)
             if not reader.is_alive():
-                f.close()
+                close()
 
     @staticmethod
-    def _read(f, buffer: queue.Queue, stop: threading.Event) -> None:
-        """Reader thread: array events, then _END, or the exception that ended reading."""
+    def _read(items, buffer: queue.Queue, stop: threading.Event) -> None:
+        """Reader thread: the items (array events), then _END, or the exception that ended
+        reading."""
         def put(item) -> bool:
             while not stop.is_set():
                 try:
@@ -324,8 +277,8 @@ class SimtelSource(Producer):
         try:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
-                for array_event in f:
-                    if not put(array_event):
+                for item in items:
+                    if not put(item):
                         return
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer of the queue
             put(exc)
@@ -344,71 +297,5 @@ class SimtelSource(Producer):
         log.warning(msg)
         warnings.warn(msg, SimtelReadWarning, stacklevel=3)
 
-    @staticmethod
-    def _pointing(header) -> dict:
-        if header["tracking_mode"] == 0:
-            az, alt = header["direction"]
-            return {"alt": float(alt), "az": float(az)}
-        return {"alt": float("nan"), "az": float("nan")}
-
-    @staticmethod
-    def _has_true_image(f) -> bool:
-        try:
-            return has_true_image(f.history)
-        except Exception:
-            return True
-
     def _convert(self, array_event: dict, event_id: int) -> dict | None:
-        run = self._run
-        is_physics = array_event["type"] == "data"
-        event = {"obs_id": run["obs_id"], "event_id": event_id, "pointing": dict(run["pointing"])}
-        if is_physics and array_event.get("mc_shower") is not None:
-            event["simulation"] = self._simulation(array_event)
-        triggered = set(int(t) for t in array_event["trigger_information"]["triggered_telescopes"])
-        sums = (array_event.get("photoelectron_sums") or {}).get(
-            "n_pe", np.full(run["n_tels_original"], np.nan))
-        tels, n_bytes = {}, 0
-        for tel_id, tel_event in array_event["telescope_events"].items():
-            if tel_id not in triggered or tel_id not in run["tel_ids"]:
-                continue
-            r0 = tel_event.get("adc_samples")
-            if r0 is None:
-                r0 = tel_event["adc_sums"][:, :, np.newaxis]
-            cam_mon = array_event["camera_monitorings"][tel_id]
-            pedestal = cam_mon["pedestal"] / cam_mon["n_ped_slices"]
-            factor = array_event["laser_calibrations"][tel_id]["calib"]
-            waveform, selected = r1_waveform(r0, pedestal, factor, gain_selection=is_physics)
-            n_bytes += waveform.nbytes
-            tel = {"waveform": waveform}
-            if tel_id not in run["calibrated"]:
-                tel["calibration"] = event_calibration(array_event, tel_id, r0.shape[:2],
-                                                      run["disabled"][tel_id])
-            if selected is not None:
-                tel["selected_gain_channel"] = selected
-            true_image = ((array_event.get("photoelectrons") or {}).get(tel_id - 1) or {}).get(
-                "photoelectrons")
-            if run["true_images"] and true_image is None:
-                if sums[run["tel_index"][tel_id]] > MISSING_IMAGE_BRIGHTNESS_LIMIT:
-                    continue  # ctapipe skips such truncated telescope events
-                true_image = np.full(r0.shape[1], -1, dtype=np.int32)
-            if true_image is not None:
-                tel["true_image"] = np.asarray(true_image, dtype=np.int32)
-            tels[int(tel_id)] = tel
-        if n_bytes > self.max_event_mb * 2**20:
-            return None
-        event["tels"] = tels
-        return event
-
-    @staticmethod
-    def _simulation(array_event: dict) -> dict:
-        shower, mc_event = array_event["mc_shower"], array_event["mc_event"]
-        return {
-            "energy": float(shower["energy"]),
-            "alt": float(clip_altitude(shower["altitude"])),
-            "az": float(shower["azimuth"]),
-            "core_x": float(mc_event["xcore"]),
-            "core_y": float(mc_event["ycore"]),
-            "h_first_int": float(shower["h_first_int"]),
-            "x_max": float(shower["xmax"]),
-            "shower_primary_id": int(shower["primary_id"]),
-        }
+        return convert_event(array_event, event_id, self._run, self.max_event_mb)
