@@ -1,6 +1,6 @@
 """One sim_telarray file read into R1 events: the whole reader against the split one, on this machine.
 
-    NUMBA_CACHE_DIR=.cache/numba python bench/simtel_reader.py [--quick] [--repeats N] [--events N]
+    python bench/simtel_reader.py [--quick] [--repeats N] [--events N]
 
 The SST-1M file (31 events) is read ``passes`` times to reach ``--events`` events, keys prefixed by
 the pass (`bench.realdata.RepeatedSimtel`, `RepeatedSimtelFrames`), into a consumer that only counts
@@ -33,7 +33,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
 os.environ["PYTHONPATH"] = os.pathsep.join(
     p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
-os.environ.setdefault("NUMBA_CACHE_DIR", str(ROOT / ".cache" / "numba"))
+from flow.engine.memory import default_numba_cache  # noqa: E402
+
+default_numba_cache()   # the kernels `make venv` compiled (before numba loads)
 
 import yaml  # noqa: E402
 
