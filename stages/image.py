@@ -13,9 +13,9 @@ dict).
 `true_image_parameters` does what ctapipe's ImageProcessor does with a simulated true image: the
 same parameters of the pixels with ``true_image > 0``, without timing and peak-time statistics,
 ``true_``-prefixed (``true_hillas_*``...; ``true_intensity_max``/``min`` int, -1 when the image
-cannot be parametrised). `ImageParameters` writes them as ``tels[tid]["true_params"]``, and the counts of ctapipe's
-ImageQualityQuery over the event's images (true images included, as ctapipe counts them) as
-``event["quality_counts"]["image"]`` (`stages.quality.query_counts`).
+cannot be parametrised). `ImageParameters` writes them as ``tels[tid]["true_params"]``, and the
+counts of ctapipe's ImageQualityQuery over the event's images (true images included, as ctapipe
+counts them) as ``event["quality_counts"]["image"]`` (`stages.quality.query_counts`).
 
 Timing uses ctapipe's least-trimmed-squares fit (5 random starts, 85 % of the points) with the
 random starts of a generator reset to seed 0 for every image (`stages.timing`), so a result depends

@@ -170,9 +170,9 @@ class HDF5Writer(Consumer):
 
         return read_simulation_info(simtel[0])
 
-    def buffer(self, path: str, kind: str, algo: str = "", cls=SchemaBuffer) -> SchemaBuffer:
+    def buffer(self, path: str, kind: str, algo: str = "") -> SchemaBuffer:
         if path not in self._buffers:
-            self._buffers[path] = cls(self._h5, path, kind, algo)
+            self._buffers[path] = SchemaBuffer(self._h5, path, kind, algo)
         return self._buffers[path]
 
     def process(self, event: dict) -> None:
