@@ -118,6 +118,7 @@ def test_adapter_equals_simtel_source_on_a_simtel_file():
             np.testing.assert_array_equal(ta["waveform"], tb["waveform"])
             np.testing.assert_array_equal(ta["selected_gain_channel"], tb["selected_gain_channel"])
             np.testing.assert_array_equal(ta["true_image"], tb["true_image"])
+            assert ta["pointing"] == pytest.approx(tb["pointing"], rel=1e-12)
             calib = ours.publish_context()["calibration"][tel_id]
             np.testing.assert_array_equal(tb["calibration"]["time_shift_ns"],
                                           calib["time_shift_ns"])
