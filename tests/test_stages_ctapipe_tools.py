@@ -4,6 +4,8 @@ flow's DL2 of the SST-1M file is compared node by node with ctapipe-process's ou
 file (tables, columns, dtypes, units, values where the physics is the same: every column but the
 timing ones, true-image parameters, core_psi and the service statistics included); TableLoader
 (whose telescope events, true-image parameters included, are those of ctapipe's file),
+HDF5EventSource (the same events and values as from ctapipe's file), ctapipe-process (re-running
+the reconstruction on flow's file),
 ctapipe-fileinfo, ctapipe-merge, the train tools, ctapipe-apply-models,
 ctapipe-optimize-event-selection and ctapipe-compute-irf then run on flow's files.
 """
@@ -197,3 +199,57 @@ def test_train_apply_and_irf(sst1m, toys, work):
         names = {h.name for h in hdus}
         assert {"EFFECTIVE AREA", "ENERGY DISPERSION"} <= names, names
         assert np.nanmax(hdus["EFFECTIVE AREA"].data["EFFAREA"]) > 0
+
+
+def read_with_hdf5_event_source(path) -> dict:
+    """{event_id: (stereo values, {tel_id: telescope values})} through ctapipe's HDF5EventSource."""
+    import warnings
+
+    from astropy.utils import iers
+    from ctapipe.io import HDF5EventSource
+
+    iers.conf.auto_download = False
+    out = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with HDF5EventSource(path) as source:
+            for event in source:
+                geometry = event.dl2.stereo.geometry["HillasReconstructor"]
+                stereo = [geometry.alt.to_value("deg"), geometry.alt_uncert.to_value("deg"),
+                          geometry.h_max.to_value("m"), geometry.is_valid,
+                          event.simulation.shower.energy.to_value("TeV"), event.trigger.time.unix]
+                tels = {tel_id: [dl1.parameters.hillas.intensity,
+                                 dl1.parameters.core.psi.to_value("deg"),
+                                 event.simulation.tel[tel_id].true_parameters.hillas.intensity,
+                                 event.simulation.tel[tel_id].true_parameters.leakage.pixels_width_1,
+                                 event.monitoring.tel[tel_id].pointing.altitude.to_value("rad"),
+                                 event.dl2.tel[tel_id].impact["HillasReconstructor"]
+                                 .distance.to_value("m")]
+                        for tel_id, dl1 in event.dl1.tel.items()}
+                out[event.index.event_id] = (stereo, tels)
+    return out
+
+
+def test_hdf5_event_source_and_ctapipe_process_read_flow_dl2(sst1m, work):
+    """flow's DL2 read as ctapipe's own: the same events and values; ctapipe-process re-runs on it."""
+    flow, ref = sst1m
+    ours, theirs = read_with_hdf5_event_source(flow), read_with_hdf5_event_source(ref)
+    assert sorted(ours) == sorted(theirs) and len(theirs) == 31
+    for event_id, (stereo, tels) in theirs.items():
+        np.testing.assert_allclose(ours[event_id][0], stereo, rtol=1e-4, atol=1e-5,
+                                   err_msg=str(event_id))
+        assert ours[event_id][1].keys() == tels.keys()
+        for tel_id, values in tels.items():
+            np.testing.assert_allclose(ours[event_id][1][tel_id], values, rtol=1e-4,
+                                       err_msg=f"{event_id} {tel_id}")
+    again = work / "ctapipe_on_flow_dl2.h5"  # DL2 recomputed by ctapipe from flow's parameters
+    run("ctapipe-process", "--input", flow, "--output", again, "--write-parameters",
+        "--write-showers", "--no-progress", "--overwrite")
+    from ctapipe.io import read_table
+
+    path = "/dl2/service/tel_event_statistics/HillasReconstructor"
+    for col in ("criteria", "counts", "cumulative_counts"):
+        assert list(read_table(again, path)[col]) == list(read_table(ref, path)[col]), col
+    geometry = "/dl2/event/subarray/geometry/HillasReconstructor"
+    np.testing.assert_allclose(read_table(again, geometry)["HillasReconstructor_alt"],
+                               read_table(ref, geometry)["HillasReconstructor_alt"], rtol=1e-4)
