@@ -339,9 +339,13 @@ def test_hdf5_event_source_reads_flow_dl1(tmp_path):
                 assert true.true_image_sum == int(true.true_image.sum())
                 np.testing.assert_allclose(true.true_parameters.hillas.intensity,
                                            row["true_hillas_intensity"])
-                np.testing.assert_allclose(true.true_parameters.hillas.intensity, positive.sum())
-                assert true.true_parameters.morphology.n_pixels == len(positive)
-                assert true.true_parameters.intensity_statistics.max == positive.max()
+                if len(positive) > 1:  # else ctapipe's defaults (ImageQualityQuery fails)
+                    np.testing.assert_allclose(true.true_parameters.hillas.intensity,
+                                               positive.sum())
+                    assert true.true_parameters.morphology.n_pixels == len(positive)
+                    assert true.true_parameters.intensity_statistics.max == positive.max()
+                else:
+                    assert true.true_parameters.morphology.n_pixels == -1
                 np.testing.assert_allclose(true.true_parameters.hillas.width.to_value("deg"),
                                            row["true_hillas_width"])
     assert seen == ours.keys()
