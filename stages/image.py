@@ -10,6 +10,13 @@ ctapipe's ImageQualityQuery (cleaned intensity > 0, at least 2 pixels) gets ctap
 them all for one image in a single compiled call (the per-image Python cost is one call and one
 dict).
 
+`true_image_parameters` does what ctapipe's ImageProcessor does with a simulated true image: the
+same parameters of the pixels with ``true_image > 0``, without timing and peak-time statistics,
+``true_``-prefixed (``true_hillas_*``...; ``true_intensity_max``/``min`` int, -1 when the image
+cannot be parametrised). `ImageParameters` writes them as ``tels[tid]["true_params"]``, and the
+counts of ctapipe's ImageQualityQuery over the event's images (true images included, as ctapipe
+counts them) as ``event["quality_counts"]["image"]`` (`stages.quality.query_counts`).
+
 Timing uses ctapipe's least-trimmed-squares fit (5 random starts, 85 % of the points) with the
 random starts of a generator reset to seed 0 for every image (`stages.timing`), so a result depends
 on the image only, not on the order in which a worker saw the events (ctapipe shares one generator
@@ -38,6 +45,7 @@ from .hillas import (
     pixel_width,
     telescope_frame,
 )
+from .quality import IMAGE_QUERY, image_criteria, query_counts
 from .timing import LTS_DRAWS, LTS_SEED, lts_timing  # noqa: F401  (LTS_SEED re-exported)
 
 LEAKAGE_FIELDS = ("leakage_pixels_width_1", "leakage_pixels_width_2",
@@ -56,6 +64,8 @@ CONCENTRATION_AT = LEAKAGE_AT + len(LEAKAGE_FIELDS)
 MORPHOLOGY_AT = CONCENTRATION_AT + len(CONCENTRATION_FIELDS)
 INTENSITY_AT = MORPHOLOGY_AT + len(MORPHOLOGY_FIELDS)
 PEAK_TIME_AT = INTENSITY_AT + len(STAT_NAMES)
+# ctapipe's true-image parameters: no peak time for a true image, so no timing_* / peak_time_*
+TRUE_FIELDS = tuple(f for f in FIELDS if not f.startswith(("timing_", "peak_time_")))
 
 
 @dataclass(frozen=True)
@@ -255,6 +265,17 @@ def image_parameters(image, peak_time, mask, geom: CameraFrameGeometry, draws=LT
     return out
 
 
+def true_image_parameters(true_image, geom: CameraFrameGeometry) -> dict:
+    """ctapipe's ``true_parameters`` of a simulated true image (see module docstring)."""
+    image = np.asarray(true_image, dtype=np.int32)
+    params = image_parameters(image, None, image > 0, geom)
+    out = {f"true_{key}": params[key] for key in TRUE_FIELDS}
+    for key in ("true_intensity_max", "true_intensity_min"):
+        value = out[key]
+        out[key] = -1 if value != value else int(value)  # NaN: ctapipe's int32 default, -1
+    return out
+
+
 def _warm_up() -> None:
     """Compile (or load from the cache) the kernel for writable and read-only float32 inputs."""
     camera = {"pix_x": np.array([0.0, 0.1, 0.2]), "pix_y": np.array([0.0, 0.05, 0.0]),
@@ -268,14 +289,19 @@ def _warm_up() -> None:
             array.flags.writeable = writeable
         image_parameters(image, times, mask, geom)
         image_parameters(image, None, mask, geom)
+        true_image = np.array([3, 0, 2], np.int32)
+        true_image.flags.writeable = writeable
+        image_parameters(true_image, None, true_image > 0, geom)
 
 
 class ImageParameters(Stager):
-    """``image``, ``peak_time``, ``mask`` -> ``params`` (flat, ctapipe DL1 column names)."""
+    """``image``, ``peak_time``, ``mask`` -> ``params``; ``true_image`` -> ``true_params``."""
 
     focal_length_choice = Param(str, "effective", "focal length for the telescope frame "
                                 "(effective where the file has one, as ctapipe)",
                                 choices=("effective", "equivalent"))
+    true_parameters = Param(bool, True, "also parametrise simulated true images, as ctapipe's "
+                            "ImageProcessor (written to /simulation/event/telescope/parameters)")
 
     def setup(self) -> None:
         self._geometries: dict = {}
@@ -289,9 +315,16 @@ class ImageParameters(Stager):
         return self._geometries[tel_id]
 
     def process(self, event: dict) -> dict:
+        checked = []  # ImageQualityQuery results, true images included (as ctapipe counts them)
         for tel_id, data in event.get("tels", {}).items():
             if "mask" not in data:
                 continue
+            checked.append(image_criteria(data["image"], data["mask"]))
             data["params"] = {**data.get("params", {}), **image_parameters(
                 data["image"], data.get("peak_time"), data["mask"], self.geometry(tel_id))}
+            true_image = data.get("true_image") if self.true_parameters else None
+            if true_image is not None:
+                checked.append(image_criteria(true_image, np.asarray(true_image) > 0))
+                data["true_params"] = true_image_parameters(true_image, self.geometry(tel_id))
+        event.setdefault("quality_counts", {})["image"] = query_counts(IMAGE_QUERY, checked)
         return event

@@ -5,8 +5,10 @@ Contract: `reconstruct_hillas` takes per-telescope arrays (Hillas centroid ``fov
 pointing alt/az in rad, ground positions in m) plus the array pointing, and returns a flat dict:
 ``alt``/``az`` (deg), ``alt_uncert``/``az_uncert`` (deg, mean angle of the pair crossings to the
 result), ``core_x``/``core_y`` (m, ground), ``core_tilted_x``/``core_tilted_y``, ``h_max`` (m above
-the reference height: add it), ``is_valid``. Fewer than 2 telescopes gives ``is_valid=False`` and
-NaN. The coordinate transforms are ctapipe's, written as plain rotation matrices:
+the reference height: add it), ``is_valid``, and ``core_psi`` (deg, one per telescope: the
+ellipse's axis in the array-pointing frame that the core fit uses; ctapipe stores it as each
+telescope's DL1 ``core_psi``). The other uncertainties are not estimated (NaN), as in ctapipe.
+Fewer than 2 telescopes gives ``is_valid=False`` and NaN. The coordinate transforms are ctapipe's, written as plain rotation matrices:
 
 - TelescopeFrame -> AltAz: ``v_altaz = (R_y(-alt) R_z(az))ᵀ v_tel`` (astropy's sky-offset frame);
 - ground -> tilted frame: ctapipe's ``_get_shower_trans_matrix``; core projected along the pointing.
@@ -120,7 +122,8 @@ def reconstruct_hillas(fov_lon, fov_lat, psi, intensity, length, width, cam_radi
             "alt_uncert": float(np.rad2deg(err)), "az_uncert": float(np.rad2deg(err)),
             "core_x": float(core_x), "core_y": float(core_y),
             "core_tilted_x": float(core_tilted[0]), "core_tilted_y": float(core_tilted[1]),
-            "h_max": float(h_max), "is_valid": True}
+            "h_max": float(h_max), "is_valid": True,
+            "core_psi": np.rad2deg(corrected_psi)}
 
 
 def camera_radius_deg(camera: dict, focal_length: float) -> float:
@@ -133,7 +136,10 @@ def camera_radius_deg(camera: dict, focal_length: float) -> float:
 
 
 class HillasReconstruction(Stager):
-    """Telescope ``params`` + pointing -> ``event["dl2"]`` geometry (ctapipe HillasReconstructor)."""
+    """Telescope ``params`` + pointing -> ``event["dl2"]`` geometry (ctapipe HillasReconstructor).
+
+    The telescopes used also get their ``params["core_psi"]``, as ctapipe's reconstructor sets.
+    """
 
     focal_length_choice = Param(str, "effective", "focal length used for the camera radius "
                                 "(effective where the file has one, as ctapipe)",
@@ -171,6 +177,8 @@ class HillasReconstruction(Stager):
             np.array([self.radius(tid) for tid in use]),
             np.array([p["alt"] for p in tel_pointing]), np.array([p["az"] for p in tel_pointing]),
             np.array([tels[tid]["position"] for tid in use]), pointing["alt"], pointing["az"]))
+        for tid, psi in zip(use, dl2.pop("core_psi", ()), strict=False):
+            event["tels"][tid]["params"]["core_psi"] = float(psi)  # ctapipe's DL1 core_psi
         if dl2["is_valid"]:
             dl2["h_max"] += float(self.context["subarray"].get("reference_location", {})
                                   .get("height_m", 0.0))

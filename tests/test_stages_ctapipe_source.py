@@ -7,9 +7,9 @@
   image in the waveforms); `flow run` reads them through ProtozfitsDL0EventSource (found by ctapipe
   through its entry points) and its images, masks and Hillas parameters are ctapipe's own.
 - HDF5EventSource: a DL1 file written by ctapipe-process is read back by `flow run`, cleaned and
-  parametrised again, and gives the file's own masks and parameters. flow's DL1 file cannot be read
-  by HDF5EventSource yet (its writer takes ctapipe's data model in another change): that test is a
-  strict xfail, so it reports the day it starts to pass.
+  parametrised again, and gives the file's own masks and parameters. flow's own DL1 file (images,
+  parameters, true images and their parameters) is read by HDF5EventSource with the values flow
+  wrote, and `flow run` re-processes it through HDF5EventSource to the same masks and parameters.
 """
 
 from __future__ import annotations
@@ -118,6 +118,7 @@ def test_adapter_equals_simtel_source_on_a_simtel_file():
             np.testing.assert_array_equal(ta["waveform"], tb["waveform"])
             np.testing.assert_array_equal(ta["selected_gain_channel"], tb["selected_gain_channel"])
             np.testing.assert_array_equal(ta["true_image"], tb["true_image"])
+            assert ta["pointing"] == pytest.approx(tb["pointing"], rel=1e-12)
             calib = ours.publish_context()["calibration"][tel_id]
             np.testing.assert_array_equal(tb["calibration"]["time_shift_ns"],
                                           calib["time_shift_ns"])
@@ -302,9 +303,13 @@ def test_flow_run_reads_ctapipe_dl1_through_hdf5_event_source(tmp_path):
     assert n_parametrised > 5
 
 
-@pytest.mark.xfail(strict=True, reason="flow's DL1 writer does not write ctapipe's data model yet "
-                                       "(instrument description; /simulation/event/telescope/"
-                                       "parameters that HDF5EventSource reads for simulations)")
+def read_true_params(path: Path) -> dict:
+    """{(event_id, tel_id): row} of /simulation/event/telescope/parameters."""
+    with tables.open_file(str(path)) as h5:
+        return {(int(r["event_id"]), int(r["tel_id"])): r
+                for table in h5.root.simulation.event.telescope.parameters for r in table.read()}
+
+
 def test_hdf5_event_source_reads_flow_dl1(tmp_path):
     from ctapipe.io import HDF5EventSource
 
@@ -312,6 +317,49 @@ def test_hdf5_event_source_reads_flow_dl1(tmp_path):
     flow_run(dl1_graph(tmp_path, f"{{path: 'dataset:{SST1M}', max_events: 3, source: "
                                  "SimTelEventSource}", flow_file))
     assert HDF5EventSource.is_compatible(flow_file)
+    ours, true_params = read_dl1(flow_file), read_true_params(flow_file)
+    assert true_params.keys() == ours.keys() and len(ours) >= 3
+    seen = set()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        source = HDF5EventSource(flow_file)
+    assert source.is_simulation and source.has_simulated_dl1
+    with source:
+        for event in source:
+            for tel_id, dl1 in event.dl1.tel.items():
+                key = (event.index.event_id, tel_id)
+                seen.add(key)
+                np.testing.assert_array_equal(dl1.image, ours[key]["image"])
+                np.testing.assert_array_equal(dl1.image_mask, ours[key]["mask"])
+                hillas = dl1.parameters.hillas
+                np.testing.assert_allclose(hillas.intensity, ours[key]["params"]["hillas_intensity"])
+                true = event.simulation.tel[tel_id]
+                row = true_params[key]
+                positive = true.true_image[true.true_image > 0]
+                assert true.true_image_sum == int(true.true_image.sum())
+                np.testing.assert_allclose(true.true_parameters.hillas.intensity,
+                                           row["true_hillas_intensity"])
+                if len(positive) > 1:  # else ctapipe's defaults (ImageQualityQuery fails)
+                    np.testing.assert_allclose(true.true_parameters.hillas.intensity,
+                                               positive.sum())
+                    assert true.true_parameters.morphology.n_pixels == len(positive)
+                    assert true.true_parameters.intensity_statistics.max == positive.max()
+                else:
+                    assert true.true_parameters.morphology.n_pixels == -1
+                np.testing.assert_allclose(true.true_parameters.hillas.width.to_value("deg"),
+                                           row["true_hillas_width"])
+    assert seen == ours.keys()
     again = tmp_path / "again.h5"
     flow_run(dl1_graph(tmp_path, f"{{path: '{flow_file}'}}", again, steps=("clean", "parameters")))
-    assert read_dl1(again).keys() == read_dl1(flow_file).keys()
+    reprocessed = read_dl1(again)
+    assert reprocessed.keys() == ours.keys()
+    for key, o in ours.items():
+        np.testing.assert_array_equal(reprocessed[key]["mask"], o["mask"])
+        for name in ("hillas_intensity", "hillas_length", "leakage_intensity_width_2",
+                     "morphology_n_pixels", "concentration_core", "intensity_std"):
+            np.testing.assert_allclose(reprocessed[key]["params"][name], o["params"][name],
+                                       rtol=1e-6, err_msg=f"{key} {name}")
+    again_true = read_true_params(again)
+    for key, row in true_params.items():
+        for name in ("true_hillas_intensity", "true_hillas_psi", "true_leakage_pixels_width_1"):
+            np.testing.assert_allclose(again_true[key][name], row[name], rtol=1e-9)

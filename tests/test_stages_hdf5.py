@@ -3,6 +3,7 @@
 The comparison with ctapipe-process on real files is in tests/test_stages_ctapipe_tools.py.
 """
 
+import copy
 import subprocess
 import sys
 import textwrap
@@ -128,6 +129,35 @@ def test_resume_and_duplicates(tmp_path, toy):
         assert h5.get_node("/simulation/event/subarray/shower").nrows == len(events)
         assert h5.get_node("/configuration/flow/provenance").nrows == 3
         assert h5.get_node("/configuration/simulation/run").nrows == 1
+
+
+def test_service_statistics_add_up_over_a_resumed_run(tmp_path, toy):
+    """The quality counts of every event once: a resumed run adds to the file's, duplicates skip."""
+    from ctapipe.io import read_table
+
+    from stages.quality import IMAGE_QUERY, QualityCuts, image_criteria, query_counts
+
+    ctx, events = copy.deepcopy(toy)  # the module's toy events stay without counts
+    cuts = QualityCuts(min_intensity=100.0)
+    for _, ev in events:
+        cuts.process(ev)
+        checked = [image_criteria(t["image"], t["mask"]) for t in ev["tels"].values()]
+        ev["quality_counts"]["image"] = query_counts(IMAGE_QUERY, checked)
+    path = tmp_path / "stats.h5"
+    run_writer(DL2Writer, path, ctx, events[:8])
+    run_writer(DL2Writer, path, ctx, events + events[:3], mode="append")
+    tels = [t for _, ev in events for t in ev["tels"].values()]
+    intensity = np.array([t["params"]["hillas_intensity"] for t in tels])
+    stereo = read_table(path, "/dl2/service/tel_event_statistics/HillasReconstructor")
+    assert list(stereo["criteria"]) == ["TOTAL", "> 100 phe", "Positive width", "> 3 pixels"]
+    assert list(stereo["func"])[1] == "parameters.hillas.intensity > 100"
+    # the toy parameters have no width: every image fails "Positive width"
+    assert list(stereo["counts"]) == [len(tels), int((intensity > 100).sum()), 0, len(tels)]
+    assert list(stereo["cumulative_counts"]) == [len(tels), int((intensity > 100).sum()), 0, 0]
+    image = read_table(path, "/dl1/service/image_statistics")
+    n_masked = np.array([t["mask"].sum() for t in tels])
+    assert list(image["criteria"]) == ["TOTAL", "size_greater_0", "at_least_2_pixels"]
+    assert list(image["counts"]) == [len(tels), int((n_masked > 0).sum()), int((n_masked > 1).sum())]
 
 
 def test_file_valid_after_early_teardown(tmp_path, toy):

@@ -93,6 +93,9 @@ def test_events_match_ctapipe(both):
                 assert "true_image" not in tel
             else:
                 np.testing.assert_array_equal(tel["true_image"], true_image)
+            pointing = ref.monitoring.tel[tel_id].pointing  # the telescope's tracking position
+            assert tel["pointing"]["alt"] == pointing.altitude.to_value("rad")
+            assert tel["pointing"]["az"] == pointing.azimuth.to_value("rad")
 
 
 def test_keys_allowed_tels_and_max_events(data_file):

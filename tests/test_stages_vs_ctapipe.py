@@ -11,7 +11,10 @@ Per file and camera type:
 - the same telescope events on both sides; cleaning masks identical;
 - every DL1 parameter (Hillas, leakage, concentration, timing, morphology, intensity and peak-time
   statistics) within 1e-4 relative; NaN on one side and a number on the other is a mismatch;
-- stereo alt/az of the events this camera took part in within 0.01 deg, the same validity.
+- stereo alt/az of the events this camera took part in within 0.01 deg, the same validity;
+- the parameters of the simulated true image (``/simulation/event/telescope/parameters``, every
+  ``true_*`` column) within 1e-4 relative, and ``core_psi`` (set by the HillasReconstructor for the
+  telescopes it used, NaN for the others) within 1e-4 relative.
 
 Timing: ctapipe's LTS fit draws its 5 random starts from one module-wide generator, so its result
 depends on how many images were fitted before it, in that process (order-dependent, so no parallel
@@ -46,7 +49,7 @@ iers.conf.auto_download = False
 
 from stages.calib import ChargeExtraction  # noqa: E402
 from stages.cleaning import TailcutsCleaning  # noqa: E402
-from stages.image import FIELDS, ImageParameters  # noqa: E402
+from stages.image import FIELDS, TRUE_FIELDS, ImageParameters  # noqa: E402
 from stages.io.simtel import SimtelSource  # noqa: E402
 from stages.quality import QualityCuts  # noqa: E402
 from stages.reco import HillasReconstruction  # noqa: E402
@@ -69,6 +72,8 @@ CAMERAS = {
     "gamma_20deg_0deg_run103___cta-prod4-sst-astri_desert-2150m-Paranal-sst-astri.simtel.gz":
         ("SST_ASTRI_ASTRICam",),
 }
+# files without true images (so without true-image parameters, on both sides)
+NO_TRUE_IMAGES = {"gamma_test.simtel.gz", "gamma_test_large_truncated.simtel.gz"}
 CASES = [(name, cam) for name, cams in CAMERAS.items() for cam in cams]
 SUMMARY: dict = {}
 
@@ -122,13 +127,19 @@ def read_ctapipe(output) -> dict:
                 row[key].decode() for key in ("type", "name", "camera_name"))
         images = h5.root.dl1.event.telescope.images
         parameters = h5.root.dl1.event.telescope.parameters
+        truth = "/simulation/event/telescope/parameters"  # files with true images only
+        truth = h5.get_node(truth) if truth in h5 else None
         for table in images:
             params = {int(r["event_id"]): r for r in getattr(parameters, table.name).read()}
+            true = {int(r["event_id"]): r for r in getattr(truth, table.name).read()} if (
+                truth is not None) else {}
             for row in table.read():
                 key = (int(row["event_id"]), int(row["tel_id"]))
                 p = params[key[0]]
                 out["tels"][key] = {"mask": row["image_mask"], "image": row["image"],
-                                    "params": {f: float(p[f]) for f in FIELDS}}
+                                    "params": {f: float(p[f]) for f in (*FIELDS, "core_psi")},
+                                    "true_params": {f"true_{f}": float(true[key[0]][f"true_{f}"])
+                                                    for f in TRUE_FIELDS} if true else None}
         for row in h5.root.dl2.event.subarray.geometry.HillasReconstructor.read():
             out["dl2"][int(row["event_id"])] = {
                 "alt": float(row["HillasReconstructor_alt"]),
@@ -173,7 +184,7 @@ def mismatch(key: str, ours: float, ref: float, n_pixels: float) -> str | None:
         return None if math.isnan(ours) and math.isnan(ref) else "NaN on one side"
     if key in TIMING and n_pixels <= 3:
         return None  # 2-3 pixels: the LTS start decides (module docstring)
-    if key == "hillas_psi" and abs(abs(ours - ref) - 180.0) < 1e-3:
+    if key.removeprefix("true_") == "hillas_psi" and abs(abs(ours - ref) - 180.0) < 1e-3:
         return None  # +-90 deg is one axis
     if abs(ours - ref) <= ATOL + RTOL * abs(ref):
         return None
@@ -205,6 +216,21 @@ def compare_camera(name, ref, context, events, cam) -> dict:
         if not bad:
             stats["params_ok"] += 1
         problems.extend(f"{key} {f}: {why}" for f, why in bad.items())
+        if r["true_params"] is None:  # no true image: neither side parametrises one
+            bad_true = {"true_params": "only in flow"} if "true_params" in ours else {}
+        else:
+            stats["true_images"] += 1
+            bad_true = {f: why for f, why in (
+                (f, mismatch(f, float(ours["true_params"][f]), r["true_params"][f], np.inf))
+                for f in r["true_params"]) if why}
+        stats["true_params_ok"] += not bad_true
+        if why := mismatch("core_psi", ours["params"].get("core_psi", math.nan),
+                           r["params"]["core_psi"], np.inf):
+            bad_true["core_psi"] = why
+        else:
+            stats["core_psi_ok"] += 1
+        stats["core_psi_set"] += math.isfinite(r["params"]["core_psi"])
+        problems.extend(f"{key} {f}: {why}" for f, why in bad_true.items())
     for event_id, r in sorted(ref["dl2"].items()):
         if not tel_ids & set(r["telescopes"].tolist()):
             continue
@@ -233,9 +259,12 @@ def test_camera_matches_ctapipe_process(processed, cam):
     name, ref, context, events = processed
     result = compare_camera(name, ref, context, events, cam)
     SUMMARY[(name, cam)] = result["stats"]
+    print(f"{case_id(name, cam)}: {result['stats']}")  # shown with -rP
     stats = result["stats"]
     assert stats.get("images", 0) > 0, f"{cam}: no image compared"
     assert not result["problems"], "\n".join(result["problems"][:30])
+    assert stats["true_params_ok"] == stats["core_psi_ok"] == stats["images"]
+    assert stats.get("true_images", 0) == (0 if name in NO_TRUE_IMAGES else stats["images"])
 
 
 def test_cameras_are_all_listed():

@@ -5,8 +5,8 @@ Each function returns ``(kind, row)`` pairs or a row (a length-1 structured arra
 shower angles in deg, pointing in rad, distances in m, energies in TeV. Event dicts carry radians for
 pointing and truth (docs/event-schema.md).
 
-Values ctapipe computes that flow's steps do not (``core_psi``, the uncertainties, true-image
-parameters) keep ctapipe's defaults (NaN, -1).
+Columns no step filled keep ctapipe's defaults (NaN, -1): e.g. the uncertainties ctapipe's
+HillasReconstructor leaves NaN too (all but ``alt_uncert``/``az_uncert``).
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ from .ctapipe_time import ns_after, unix_to_ctao_high_res
 
 SHOWER = "simulation/event/subarray/shower"
 PARAMS = "dl1/event/telescope/parameters/tel_NNN"
+TRUE_PARAMS = "simulation/event/telescope/parameters/tel_NNN"
+IMAGES = "dl1/event/telescope/images/tel_NNN"
 GEOMETRY = "dl2/event/subarray/geometry/{algo}"
 ENERGY = "dl2/event/subarray/energy/{algo}"
 CLASSIFICATION = "dl2/event/subarray/particle_type/{algo}"
@@ -77,8 +79,18 @@ def trigger_rows(event: dict, subarray_ids: list[int], trigger: dict | None) -> 
     return out
 
 
-def parameter_row(event: dict, tel_id: int, params: dict) -> np.ndarray:
-    return fill(rows(PARAMS, 1), dict(params, **ids(event, tel_id)))
+def parameter_row(event: dict, tel_id: int, params: dict, kind: str = PARAMS) -> np.ndarray:
+    """DL1 parameters (or, with ``kind=TRUE_PARAMS``, the ``true_*`` ones of the true image)."""
+    return fill(rows(kind, 1), dict(params, **ids(event, tel_id)))
+
+
+def image_row(event: dict, tel_id: int, tel: dict) -> np.ndarray:
+    """DL1 image, peak_time (zeros if none) and cleaning mask (none set if not cleaned)."""
+    image = np.asarray(tel["image"], dtype=np.float32)
+    row = rows(IMAGES, 1, shapes={k: image.shape for k in ("image", "peak_time", "image_mask")})
+    return fill(row, dict(ids(event, tel_id), image=image, is_valid=True,
+                          peak_time=tel.get("peak_time", np.zeros_like(image)),
+                          image_mask=tel.get("mask", np.zeros(len(image), bool))))
 
 
 def true_image_row(event: dict, tel_id: int, tel: dict, with_image: bool = False) -> np.ndarray:

@@ -95,6 +95,9 @@ def write_table(h5: tables.File, path: str, kind: str, data: np.ndarray, algo: s
     schema = table_attrs(kind, algo)
     if any(key.startswith("CTAFIELD_") for key in attrs or {}):  # the caller knows the columns
         schema = {k: v for k, v in schema.items() if not k.startswith("CTAFIELD_")}
+    # a kind's optional last columns (the true image of ctapipe's --write-images): only those held
+    schema = {k: v for k, v in schema.items()
+              if not k.startswith("CTAFIELD_") or int(k.split("_")[1]) < len(data.dtype.names)}
     for key, value in schema.items():
         table._v_attrs[key] = value
     for pos, col in enumerate(data.dtype.names):

@@ -1,10 +1,16 @@
 """ctapipe 0.28's table schemas (data model v7.1.0), as data: columns, dtypes and column metadata.
 
 `ctapipe_schema.json` beside this module holds, for every kind of table that ``ctapipe-process``
-(DL1 parameters and DL2 geometry) and ``ctapipe-apply-models`` write, the table's title, its numpy
+(DL1 parameters and images, DL2 geometry, service statistics) and ``ctapipe-apply-models`` write,
+the table's title, its numpy
 dtype (column names, dtypes, shapes) and the attributes ctapipe's ``HDF5TableWriter`` puts on it
 (``CTAFIELD_{i}_UNIT``/``_TRANSFORM``/``_DESC``/``_NAME``/``_ENUM``...). Writers fill tables in this
 schema, so they need neither ctapipe nor its containers.
+
+A kind written with and without optional last columns (``simulation/event/telescope/images/
+tel_NNN``: the ``true_image`` column of ``--write-images``) keeps the shorter dtype and the
+attributes of all its columns; a table gets those of the columns it has
+(`stages.io.ctapipe_layout.write_table`). `extract_schema` merges them so.
 
 Kinds are table paths with the variable parts replaced: ``tel_NNN`` for a telescope table,
 ``{algo}`` for an algorithm name (in the path and as the column prefix), ``_N`` for an index.
@@ -100,7 +106,12 @@ def extract_schema(paths) -> dict:
             algos = _algorithms(h5)
             for node in h5.walk_nodes("/", "Table"):
                 kind = kind_of(node._v_pathname, algos)
-                out.setdefault(kind, _table_schema(node, algos))
+                schema = _table_schema(node, algos)
+                if kind in out:  # with and without optional last columns: the shorter dtype
+                    schema["attrs"] = dict(sorted({**schema["attrs"], **out[kind]["attrs"]}.items()))
+                    if len(out[kind]["dtype"]) <= len(schema["dtype"]):
+                        schema["dtype"], schema["title"] = out[kind]["dtype"], out[kind]["title"]
+                out[kind] = schema
     return dict(sorted(out.items()))
 
 

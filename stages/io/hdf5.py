@@ -15,7 +15,10 @@ writes for the same events, with the same paths, columns, dtypes, units and colu
     /simulation/event/subarray/shower         true_energy (TeV), true_alt/az (deg), true_core_x/y...
     /simulation/event/telescope/images/tel_NNN  true_image_sum
     /simulation/event/telescope/impact/tel_NNN  true_impact_distance (m)
+    /simulation/event/telescope/parameters/tel_NNN  true_hillas_*, ... of the true image
     /simulation/service/shower_distribution   thrown showers (when the input has them)
+    /dl1/service/image_statistics             ImageQualityQuery counts (`stages.io.ctapipe_service`)
+    /dl2/service/tel_event_statistics/<algo>  StereoQualityQuery counts (DL2Writer)
     /dl2/event/subarray/geometry/<algo>       <algo>_alt, <algo>_az (deg), core, h_max, telescopes
     /dl2/event/telescope/impact/<algo>/tel_NNN  <algo>_tel_impact_distance (m)
     /dl2/event/subarray/energy/<algo>         <algo>_energy (TeV), <algo>_is_valid, ...
@@ -51,6 +54,7 @@ from flow.graph.step import Consumer
 
 from . import ctapipe_config as config
 from . import ctapipe_events as rowsof
+from . import ctapipe_service as service
 from .ctapipe_layout import write_table
 from .h5context import FILTERS, fingerprint, read_context, write_context  # noqa: F401 - re-exported
 
@@ -63,6 +67,7 @@ PARAMS_PATH = "/dl1/event/telescope/parameters"
 IMAGES_PATH = "/dl1/event/telescope/images"
 SHOWER_PATH = "/simulation/event/subarray/shower"
 TRUE_IMAGES_PATH = "/simulation/event/telescope/images"
+TRUE_PARAMS_PATH = "/simulation/event/telescope/parameters"
 _SIM_FIELDS = {key: (col, "", factor) for key, (col, factor) in rowsof.SIM_FIELDS.items()}
 
 
@@ -104,19 +109,6 @@ class SchemaBuffer:
         self.rows = []
 
 
-class ImageBuffer(SchemaBuffer):
-    """DL1 images (no schema kind shipped: float32 image, peak_time in ns, bool mask)."""
-
-    def _create(self, empty: np.ndarray) -> tables.Table:
-        where, _, name = self.path.rpartition("/")
-        table = self.h5.create_table(where, name, empty.dtype, createparents=True,
-                                     filters=CTAPIPE_FILTERS, expectedrows=10000)
-        pos = empty.dtype.names.index("peak_time")
-        table._v_attrs[f"CTAFIELD_{pos}_TRANSFORM"] = "quantity"
-        table._v_attrs[f"CTAFIELD_{pos}_UNIT"] = "ns"
-        return table
-
-
 class HDF5Writer(Consumer):
     """Common part of the DL1 and DL2 writers: file, buffers, keys, configuration, provenance."""
 
@@ -154,6 +146,7 @@ class HDF5Writer(Consumer):
         self._buffers: dict[str, SchemaBuffer] = {}
         self._n_rows, self._n_thrown, self._obs_ids = 0, 0, set()
         self._pointings: dict = {}
+        self._quality = service.QueryTotals()
         self._start = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
         self._subarray = (self.context or {}).get("subarray") or {}
         self._tel_ids = sorted(self._subarray.get("tels", {}))
@@ -177,9 +170,9 @@ class HDF5Writer(Consumer):
 
         return read_simulation_info(simtel[0])
 
-    def buffer(self, path: str, kind: str, algo: str = "", cls=SchemaBuffer) -> SchemaBuffer:
+    def buffer(self, path: str, kind: str, algo: str = "") -> SchemaBuffer:
         if path not in self._buffers:
-            self._buffers[path] = cls(self._h5, path, kind, algo)
+            self._buffers[path] = SchemaBuffer(self._h5, path, kind, algo)
         return self._buffers[path]
 
     def process(self, event: dict) -> None:
@@ -200,6 +193,7 @@ class HDF5Writer(Consumer):
         for kind, row in rowsof.trigger_rows(event, self._tel_ids, trigger):
             self.buffer("/" + kind, kind).add(row)
         self._note_pointing(event)
+        self._quality.add(event.get("quality_counts"))
         sim = event.get("simulation")
         if sim:
             self._n_thrown += int(sim.get(self._simulation.get("thrown_key") or "", 1) or 1)
@@ -222,16 +216,12 @@ class HDF5Writer(Consumer):
         if is_sim:
             self.buffer(f"{TRUE_IMAGES_PATH}/{name}", "simulation/event/telescope/images/tel_NNN"
                         ).add(rowsof.true_image_row(event, tel_id, tel, self.write_images))
+            if self.write_parameters and tel.get("true_params"):  # as ctapipe: with a true image
+                self.buffer(f"{TRUE_PARAMS_PATH}/{name}", rowsof.TRUE_PARAMS).add(
+                    rowsof.parameter_row(event, tel_id, tel["true_params"], rowsof.TRUE_PARAMS))
         if self.write_images and "image" in tel:
-            image = np.asarray(tel["image"], dtype=np.float32)
-            row = np.zeros(1, dtype=[("obs_id", "<i4"), ("event_id", "<i8"), ("tel_id", "<i2"),
-                                     ("image", "<f4", image.shape), ("peak_time", "<f4", image.shape),
-                                     ("image_mask", "?", image.shape)])
-            row["obs_id"], row["event_id"], row["tel_id"] = event["obs_id"], event["event_id"], tel_id
-            row["image"] = image
-            row["peak_time"] = tel.get("peak_time", np.zeros_like(image))
-            row["image_mask"] = tel.get("mask", np.zeros(len(image), bool))
-            self.buffer(f"{IMAGES_PATH}/{name}", "", cls=ImageBuffer).add(row)
+            self.buffer(f"{IMAGES_PATH}/{name}", rowsof.IMAGES).add(
+                rowsof.image_row(event, tel_id, tel))
 
     def _note_pointing(self, event: dict) -> None:
         for tel_id, tel in (event.get("tels") or {}).items():
@@ -267,6 +257,9 @@ class HDF5Writer(Consumer):
 
     def _write_configuration(self) -> None:
         h5, sim = self._h5, self._simulation
+        if "image" in self._quality.totals:
+            service.write_statistics(h5, service.IMAGE_STATISTICS, self._quality.totals["image"],
+                                     filters=CTAPIPE_FILTERS)
         config.write_pointing(h5, {k: v for k, v in self._pointings.items()
                                    if f"/configuration/telescope/pointing/tel_{k[1]:03d}" not in h5},
                               CTAPIPE_FILTERS)
@@ -371,6 +364,10 @@ class DL2Writer(HDF5Writer):
 
     def _write_configuration(self) -> None:
         super()._write_configuration()
+        if "stereo" in self._quality.totals:  # the counts of the reconstructor's quality query
+            service.write_statistics(self._h5, service.TEL_EVENT_STATISTICS,
+                                     self._quality.totals["stereo"], self.geometry_algorithm,
+                                     CTAPIPE_FILTERS)
         for kind, algo in self._algorithms_written.items():
             path = f"/dl2/event/subarray/{'particle_type' if kind == 'classification' else kind}/{algo}"
             if algo.startswith("Toy") and path in self._h5:

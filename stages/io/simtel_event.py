@@ -27,6 +27,14 @@ def clip_altitude(alt: float) -> float:
     return alt
 
 
+def tracking_pointing(tracking: dict) -> dict:
+    """A telescope's pointing (rad) from its tracking record: corrected where given, as ctapipe."""
+    az, alt = tracking.get("azimuth_cor", np.nan), tracking.get("altitude_cor", np.nan)
+    az = tracking["azimuth_raw"] if np.isnan(az) else az
+    alt = tracking["altitude_raw"] if np.isnan(alt) else alt
+    return {"alt": float(clip_altitude(alt)), "az": float(az)}
+
+
 def select_gain(r0: np.ndarray, threshold: float = GAIN_THRESHOLD) -> np.ndarray:
     """ctapipe's ThresholdGainSelector: int8 (n_pix,), 1 (low) where a high-gain sample > threshold."""
     if r0.shape[0] == 1:
@@ -159,6 +167,9 @@ def convert_telescope(array_event: dict, tel_id: int, tel_event: dict, run: dict
     factor = array_event["laser_calibrations"][tel_id]["calib"]
     waveform, selected = r1_waveform(r0, pedestal, factor, gain_selection=is_physics)
     tel = {"waveform": waveform}
+    tracking = (array_event.get("tracking_positions") or {}).get(tel_id)
+    if tracking is not None:  # per telescope, as ctapipe's monitoring.tel[tid].pointing
+        tel["pointing"] = tracking_pointing(tracking)
     if tel_id not in run["calibrated"]:
         tel["calibration"] = event_calibration(array_event, tel_id, r0.shape[:2],
                                               run["disabled"][tel_id])
