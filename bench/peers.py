@@ -67,12 +67,14 @@ def chain_specs():
 
 
 def load_events() -> tuple[dict, list]:
-    """(the source's context, the SST-1M file's events)."""
-    from flow.graph.model import resolve_use
+    """(the source's context, the SST-1M file's events), decoded by the whole reader
+    (`SimtelSource`, with the config's reader parameters): the config's own reader only frames
+    raw objects, which its `parse` step, not part of the measured chain, decodes."""
     from flow.graph.step import instantiate
+    from stages.io.simtel import SimtelSource
     graph, _ = chain_specs()
     read = graph["read"]
-    src = instantiate(resolve_use(read.use), "producer", "read", read.param_dict)
+    src = instantiate(SimtelSource, "producer", "read", read.param_dict)
     context = src.publish_context()
     return context, [k.event for k in src.process()]
 
