@@ -219,3 +219,21 @@ def test_writers_need_no_ctapipe(tmp_path):
     with TableLoader(path) as loader:
         table = loader.read_telescope_events(dl1_parameters=True, dl2=True, simulated=True)
         assert len(table) > 0 and "HillasReconstructor_alt" in table.colnames
+
+
+def test_tables_of_one_kind_share_their_description_and_keep_their_own_rows(tmp_path):
+    from stages.io.ctapipe_layout import description, write_table
+    from stages.io.ctapipe_schema import table_dtype
+    kind = "dl1/event/telescope/parameters/tel_NNN"
+    dtype = table_dtype(kind)
+    assert description(dtype) is description(np.dtype(dtype.descr))
+    with tables.open_file(tmp_path / "t.h5", "w") as h5:
+        rows = np.zeros(3, dtype)
+        rows["tel_id"] = 1
+        write_table(h5, "/p/tel_001", kind, rows)
+        write_table(h5, "/p/tel_002", kind, rows[:1])
+        h5.get_node("/p/tel_002").append(rows[:2])
+    with tables.open_file(tmp_path / "t.h5") as h5:
+        one, two = h5.get_node("/p/tel_001"), h5.get_node("/p/tel_002")
+        assert len(one) == 3 and len(two) == 3 and one.dtype == two.dtype == dtype
+        assert one.attrs._f_list("user") == two.attrs._f_list("user")
