@@ -65,12 +65,25 @@ FILES = {"sst1m": "gamma_20deg_0deg_run102___cta-prod4-sst-1m_desert-2150m-Paran
          "gamma_test": "gamma_test.simtel.gz"}
 
 
-class RepeatedSimtel(SimtelSource):
-    """`SimtelSource` reading its file ``passes`` times; keys ``"{pass}:{obs_id}:{event_id}"``."""
+class Repeated:
+    """Reads the file ``passes`` times; keys ``"{pass}:{obs_id}:{event_id}"`` (a mixin of the two
+    readers below)."""
 
     passes = Param(int, 1, "how many times the file is read")
     first_pass = Param(int, 0, "number of the first pass (keys stay unique across sources)")
     stamp = Param(str, "", "file receiving the time.time() of the first event out")
+
+    def process(self) -> Iterator[Keyed]:
+        for n in range(self.first_pass, self.first_pass + self.passes):
+            for item in super().process():
+                if self.stamp:
+                    Path(self.stamp).write_text(json.dumps(time.time()))
+                    self.stamp = ""
+                yield Keyed(f"{n}:{item.key}", item.event)
+
+
+class RepeatedSimtel(Repeated, SimtelSource):
+    """`SimtelSource` reading its file ``passes`` times (see `Repeated`)."""
 
     def setup(self) -> None:
         # SimtelSource.process() builds its context first (3 s for gamma_test's 100+ telescopes):
@@ -80,30 +93,10 @@ class RepeatedSimtel(SimtelSource):
         if "subarray" in (self.context or {}):
             self._context = dict(self.context)
 
-    def process(self) -> Iterator[Keyed]:
-        for n in range(self.first_pass, self.first_pass + self.passes):
-            for item in super().process():
-                if self.stamp:
-                    Path(self.stamp).write_text(json.dumps(time.time()))
-                    self.stamp = ""
-                yield Keyed(f"{n}:{item.key}", item.event)
 
-
-class RepeatedSimtelFrames(SimtelFrames):
-    """`SimtelFrames` reading its file ``passes`` times; keys ``"{pass}:{obs_id}:{event_id}"``
-    (the split reader of configs/simtel_dl2.yaml, as `RepeatedSimtel` is the whole one)."""
-
-    passes = Param(int, 1, "how many times the file is read")
-    first_pass = Param(int, 0, "number of the first pass (keys stay unique across sources)")
-    stamp = Param(str, "", "file receiving the time.time() of the first event out")
-
-    def process(self) -> Iterator[Keyed]:
-        for n in range(self.first_pass, self.first_pass + self.passes):
-            for item in super().process():
-                if self.stamp:
-                    Path(self.stamp).write_text(json.dumps(time.time()))
-                    self.stamp = ""
-                yield Keyed(f"{n}:{item.key}", item.event)
+class RepeatedSimtelFrames(Repeated, SimtelFrames):
+    """`SimtelFrames` reading its file ``passes`` times (see `Repeated`): the split reader of
+    configs/simtel_dl2.yaml, as `RepeatedSimtel` is the whole one."""
 
 
 class TimedDL2Writer(DL2Writer):
