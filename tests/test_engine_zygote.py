@@ -143,3 +143,13 @@ def test_flow_run_prints_no_warning_of_the_template(tmp_path):
                            "--quiet"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "Warning" not in done.stderr, done.stderr
+
+
+def test_a_run_refused_after_its_context_stops_the_template_too(tmp_path):
+    """A non-loopback bind without keys is refused once the template is up: it must not stay."""
+    graph = load(tmp_path, SLOW_CONTEXT.replace("FAIL", "false").replace("1.5", "0.1"))
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    with pytest.raises(Exception, match="(?i)curve|keys|insecure"):
+        run(graph, RunOptions(quiet=True, run_dir=str(tmp_path / "run"), bind="tcp://0.0.0.0:0"))
+    left = [p for p in psutil.Process().children(recursive=True) if p.pid not in before]
+    assert not [p for p in left if p.is_running() and p.status() != psutil.STATUS_ZOMBIE], left

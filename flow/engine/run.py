@@ -87,20 +87,18 @@ def run(graph: Graph, options: RunOptions | None = None) -> RunSummary:
         context, total = prepare_context(graph, options.resume, options.shard)
         summary = _run_inline(graph, context)
     else:
-        # the worker template imports the steps' modules and preloads their kernels while this
-        # process asks the producers for their context (a file's subarray: seconds for 100+
-        # telescopes): on two cores the two overlap
-        # not imported at the top: `python -m flow.engine.zygote` imports `flow`, hence this module
+        # the worker template imports the steps' modules while this process asks the producers
+        # for their context (a file's subarray: seconds for 100+ telescopes): the two overlap.
+        # Not imported at the top: `python -m flow.engine.zygote` imports `flow`, so this module.
         from flow.engine.launcher import local_env
         from flow.engine.zygote import start_template
         zygote = start_template(graph, local_env())
         try:
             context, total = prepare_context(graph, options.resume, options.shard)
-        except BaseException:
-            if zygote is not None:
+            summary = _run_router(graph, context, total, options, zygote)
+        finally:
+            if zygote is not None:   # the launcher has closed it, unless the run did not start
                 zygote.close()
-            raise
-        summary = _run_router(graph, context, total, options, zygote)
     if options.summary_json:
         summary.write_json(options.summary_json)
     return summary
