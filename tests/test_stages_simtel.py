@@ -155,15 +155,21 @@ def test_truncated_gzip_stream(tmp_path, data_file):
     assert all("cut.simtel.gz" in str(w.message) for w in warned)
 
 
-@pytest.mark.parametrize("seed", range(6))
-def test_flipped_bytes_never_crash_or_hang(tmp_path, raw_events, seed):
-    raw, full = raw_events
+def flipped_file(tmp_path, raw: bytes, seed: int):
+    """``tmp_path/flipped.simtel``: ``raw`` with 20 bytes past its first tenth inverted (``seed``)."""
     rng = np.random.default_rng(seed)
     data = bytearray(raw)
     for pos in rng.integers(len(data) // 10, len(data), size=20):
         data[pos] ^= 0xFF
     bad = tmp_path / "flipped.simtel"
     bad.write_bytes(bytes(data))
+    return bad
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_flipped_bytes_never_crash_or_hang(tmp_path, raw_events, seed):
+    raw, full = raw_events
+    bad = flipped_file(tmp_path, raw, seed)
     from flow.errors import DataError
 
     try:

@@ -17,6 +17,7 @@ from flow.errors import DataError
 from stages.io.simtel import SimtelReadWarning, SimtelSource
 from stages.io.simtel_frames import SimtelFrames
 from stages.io.simtel_parser import SimtelParser
+from tests.test_stages_simtel import flipped_file
 
 
 def assert_same(a, b, where=""):
@@ -155,12 +156,7 @@ def test_the_parser_refuses_events_it_cannot_know(data_file):
 
 @pytest.mark.parametrize("seed", range(3))
 def test_flipped_bytes_never_crash_or_hang(tmp_path, plain_gamma_test, seed):
-    rng = np.random.default_rng(seed)
-    data = bytearray(plain_gamma_test)
-    for pos in rng.integers(len(data) // 10, len(data), size=20):
-        data[pos] ^= 0xFF
-    bad = tmp_path / "flipped.simtel"
-    bad.write_bytes(bytes(data))
+    bad = flipped_file(tmp_path, plain_gamma_test, seed)
     frames = SimtelFrames(name="read", path=str(bad), read_timeout_s=60)
     try:
         parser = SimtelParser(name="parse", context=frames.publish_context())
