@@ -21,7 +21,8 @@ Reported per graph and variant (medians over repeats): wall seconds and CPU seco
 process's reaped children: the command, its workers and their template), and the ratios
 ``inline wall / variant wall`` (> 1: the engine is faster than one process) and ``variant CPU /
 inline CPU``. ``startup_s``: wall seconds of a one-event run (interpreter, imports, workers,
-setup, one event through, end of stream), per variant. ``reader_serial_ms``: the cost per event of
+setup, one event through, end of stream), per variant; ``steady_vs_inline``: the wall ratio with
+each run's start-up taken off (per repeat, then the median): the steady state. ``reader_serial_ms``: the cost per event of
 the split reader's serial part (`SimtelFrames`: reading, decompressing and framing the SST-1M file's
 raw objects, no parsing), beside `SimtelSource`'s whole cost (``reader.serial_share`` is their
 ratio), `SimtelParser`'s (the part the workers share) and a profile of `SimtelSource`.
@@ -235,12 +236,17 @@ def main(argv: list[str] | None = None) -> int:
         return med([i["wall_s"] / x["wall_s"] for i, x in zip(runs[(g, "inline")], runs[(g, v)],
                                                               strict=True)])
 
+    def steady(g: str, v: str) -> float:  # start-up (a one-event run) taken off both, per repeat
+        return med([(i["wall_s"] - si) / max(1e-9, x["wall_s"] - sx) for i, x, si, sx in zip(
+            runs[(g, "inline")], runs[(g, v)], starts[(g, "inline")], starts[(g, v)],
+            strict=True)])
+
     print(f"\n{'graph':<16} {'variant':<14} {'events':>7} {'wall s':>8} {'cpu s':>8} "
-          f"{'inline/wall':>11} {'cpu/inline':>10} {'start-up s':>10}")
+          f"{'inline/wall':>11} {'steady':>7} {'cpu/inline':>10} {'start-up s':>10}")
     for g in graphs:
         for v in variants[g]:
             print(f"{g:<16} {v:<14} {runs[(g, v)][0]['events']:>7} {wall[(g, v)]:>8.2f} "
-                  f"{cpu[(g, v)]:>8.2f} {ratio(g, v):>11.2f} "
+                  f"{cpu[(g, v)]:>8.2f} {ratio(g, v):>11.2f} {steady(g, v):>7.2f} "
                   f"{cpu[(g, v)] / cpu[(g, 'inline')]:>10.2f} {med(starts[(g, v)]):>10.2f}")
     print(f"\nThe SST-1M file ({reader['events']} events), ms per event: SimtelFrames (serial: "
           f"read, decompress, frame) {reader['frames_ms']:.2f} = {reader['serial_share']:.1%} of "
@@ -250,6 +256,7 @@ def main(argv: list[str] | None = None) -> int:
           f"of its time: {reader['source_profile_share']}")
     result = {
         "vs_inline": {g: round(ratio(g, "fused"), 3) for g in graphs},
+        "steady_vs_inline": {g: round(steady(g, "fused"), 3) for g in graphs},
         "unfused_vs_inline": {g: round(ratio(g, "unfused"), 3) for g in graphs
                               if "unfused" in variants[g]},
         "spawn_unfused_vs_inline": {g: round(ratio(g, "spawn_unfused"), 3) for g in graphs

@@ -6,8 +6,9 @@ sends PRODUCE batches while it has credit; a stager or consumer answers each DAT
 carrying the outputs. A worker of a fused chain (CONFIG ``chain``) runs every step of the chain on
 each event (`flow.engine.fused.FusedChain`) and its ACK adds per-step counters. Heartbeats flow both ways; a worker whose router has gone silent exits.
 
-About 470 lines in one module on purpose: it is one process around one socket, and the producer loop,
-the lease loop and the connection (send, heartbeats, shared-memory pins) share that socket's state;
+About 570 lines in one module on purpose: it is one process around one socket, and the producer
+loop, the lease loops (one step, or a fused chain) and the connection (send, heartbeats,
+shared-memory pins) share that socket's state;
 `RecentSet` (the consumer's duplicate filter) and `payload_size` are its only other residents.
 """
 
@@ -128,7 +129,7 @@ class Worker:
         self.targets: tuple[str, ...] = ()
         self.heartbeat_s = 1.0
         self.liveness = 5
-        self.batch_max = 256
+        self.batch_max = self.batch_max0 = 256
         self.last_sent = 0.0
         self.last_heard = time.monotonic()
         self.done = 0
@@ -251,7 +252,7 @@ class Worker:
         self.targets = tuple(env["targets"])
         self.heartbeat_s = env.get("heartbeat_s", 1.0)
         self.liveness = env.get("liveness", 5)
-        self.batch_max = env.get("batch_max", 64)
+        self.batch_max = self.batch_max0 = env.get("batch_max", 64)
         shm = env.get("shm")
         if shm:
             from flow.wire.shm import ShmStore
@@ -319,6 +320,8 @@ class Worker:
             if msg is not None:
                 if msg.command == P.CREDIT:
                     credit += int(msg.envelope.get("n", 1))
+                    if "batch" in msg.envelope:   # events per message: the router's lease size
+                        self.batch_max = max(1, min(int(msg.envelope["batch"]), self.batch_max0))
                 elif msg.command == P.PAUSE:
                     paused = bool(msg.envelope.get("paused"))
                 elif msg.command in (P.STOP, P.EOS):

@@ -55,6 +55,9 @@ class RouterOptions:
     stuck_timeout_s: float = _opt(60.0, "a worker busy on one event longer than this is killed")
     prefetch: int = _opt(4, "credit window per worker (messages in flight)")
     batch_max: int = _opt(256, "events per DATA message when queues are deep")
+    lease_s: float = _opt(
+        0.05, "target seconds of a step's work per DATA message: a slow step gets smaller batches"
+    )
     cpu_budget: int = _opt(0, "cores shared by all workers; 0: the machine's cores")
     stats_interval_s: float = _opt(1.0, "seconds between statistics records")
     dead_letter: str = _opt(
@@ -85,6 +88,7 @@ _ROUTER_MIN = {
     "stuck_timeout_s": 1e-3,
     "prefetch": 1,
     "batch_max": 1,
+    "lease_s": 1e-3,
     "cpu_budget": 0,
     "stats_interval_s": 1e-3,
     "shm_threshold": 0,

@@ -16,10 +16,12 @@ ctapipe's own guess table; an unknown telescope gets ctapipe's ``unknown_telesco
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 import tables
 
-from .ctapipe_schema import table_attrs, table_dtype, table_title
+from .ctapipe_schema import frozen_shapes, table_attrs, table_dtype, table_title
 
 DATA_MODEL_VERSION = "v7.1.0"
 CTAPIPE_VERSION = "0.28.0"  # the version whose data model the tables follow
@@ -50,22 +52,30 @@ def optics_kind(optics: dict) -> tuple[str, int, str]:
 
 
 def rows(kind: str, n: int, algo: str = "", shapes: dict | None = None) -> np.ndarray:
-    """``n`` rows of a schema kind at ctapipe's defaults: NaN floats, -1 ints, False bools."""
-    out = np.zeros(n, dtype=table_dtype(kind, algo, shapes))
+    """``n`` rows of a schema kind at ctapipe's defaults: NaN floats, -1 ints, False bools (a new
+    array: copies of one default row, built once per kind, algo and shapes)."""
+    return np.repeat(default_row(kind, algo, frozen_shapes(shapes)), n)
+
+
+@lru_cache(maxsize=4096)
+def default_row(kind: str, algo: str, shapes: tuple) -> np.ndarray:
+    """One row of a schema kind at ctapipe's defaults (shared: `rows` hands out copies)."""
+    out = np.zeros(1, dtype=table_dtype(kind, algo, dict(shapes)))
     for name in out.dtype.names:
         base = out.dtype[name].base
         if base.kind == "f":
             out[name] = np.nan
         elif base.kind == "i" and name not in ("obs_id", "event_id", "tel_id"):
             out[name] = -1
+    out.flags.writeable = False
     return out
 
 
 def fill(row: np.ndarray, values: dict) -> np.ndarray:
     """Set the columns of ``row`` that ``values`` names (others keep their defaults)."""
-    for name in row.dtype.names:
-        value = values.get(name)
-        if value is not None:
+    names = row.dtype.fields
+    for name, value in values.items():
+        if value is not None and name in names:
             row[name] = value
     return row
 

@@ -122,11 +122,25 @@ def load_schema() -> dict:
 
 
 def table_dtype(kind: str, algo: str = "", shapes: dict | None = None) -> np.dtype:
-    """numpy dtype of a table kind; ``shapes`` overrides a column's shape (tel masks, pixels)."""
+    """numpy dtype of a table kind; ``shapes`` overrides a column's shape (tel masks, pixels).
+
+    Built once per (kind, algo, shapes): writers ask for it for every row they fill.
+    """
+    return _table_dtype(kind, algo, frozen_shapes(shapes))
+
+
+def frozen_shapes(shapes: dict | None) -> tuple:
+    """``shapes`` as a hashable key: ((column, shape tuple), ...) sorted by column."""
+    return tuple(sorted((name, tuple(shape)) for name, shape in shapes.items())) if shapes else ()
+
+
+@lru_cache(maxsize=4096)
+def _table_dtype(kind: str, algo: str, shapes: tuple) -> np.dtype:
+    overrides = dict(shapes)
     fields = []
     for name, dt, shape in load_schema()[kind]["dtype"]:
         name = name.replace("{algo}", algo)
-        shape = (shapes or {}).get(name, tuple(shape))
+        shape = overrides.get(name, tuple(shape))
         fields.append((name, dt, tuple(shape)) if shape else (name, dt))
     return np.dtype(fields)
 

@@ -14,6 +14,8 @@ import time
 from flow.engine.router.state import Batch, StepState, WorkerState, holds_retry
 from flow.wire import protocol as P
 
+FIRST_LEASE = 16    # events per lease of a step before its first ACK tells what an event costs
+
 
 class CreditAndLeasing:
     """Credit and leasing of the router (see the module docstring)."""
@@ -31,11 +33,13 @@ class CreditAndLeasing:
             if st.kind == "producer":
                 if self.paused or st.finished or not self.targets_have_room(st):
                     continue
+                batch = min((self.lease_size(self.steps[t]) for t in st.targets),
+                            default=self.opts.batch_max)
                 for w in st.workers.values():
                     if w.state == "ready" and w.credit_out < prefetch:
                         n = prefetch - w.credit_out
                         w.credit_out += n
-                        self._send(w, P.CREDIT, {"n": n})
+                        self._send(w, P.CREDIT, {"n": n, "batch": batch})
                 continue
             if not st.queue or not self.targets_have_room(st):
                 continue
@@ -55,6 +59,22 @@ class CreditAndLeasing:
                     if len(w.leases) >= prefetch or batch.attempts:
                         free.remove(w)
 
+    def lease_size(self, st: StepState) -> int:
+        """Events per lease of ``st`` (or of the fused chain it starts): about ``lease_s`` of its
+        work at its mean busy seconds per event so far, at most ``batch_max``; `FIRST_LEASE`
+        before its first ACK; no more than its targets take. A slow step's batches stay small, so
+        its workers share the work evenly up to the end of the stream, and a lost worker leaves
+        little to redo."""
+        unit = st.unit or st
+        busy = unit.unit_busy_s if unit.members else unit.busy_s
+        if unit.n_done <= 0 or busy <= 0:
+            own = min(FIRST_LEASE, self.opts.batch_max)
+        else:
+            own = max(1, min(self.opts.batch_max, int(self.opts.lease_s * unit.n_done / busy)))
+        # a lease's outputs travel on as one batch, and the next step leases at least one batch:
+        # no larger than what the steps downstream take
+        return min([own] + [self.lease_size(self.steps[t]) for t in unit.targets])
+
     def lease(self, st: StepState, w: WorkerState, n_free: int) -> Batch:
         """Send queued batches to ``w`` under one lease: at least one batch, more (merged) while
         the queue is deep, up to ``batch_max`` events and 8 MB. A retried event travels alone, to
@@ -62,7 +82,7 @@ class CreditAndLeasing:
         event is the only suspect (an ACK sent just before a crash can be lost with the process,
         so "the oldest lease" alone could blame an innocent neighbour)."""
         q = st.queue
-        want = max(1, min(self.opts.batch_max, math.ceil(st.queue_events / max(1, n_free * 2))))
+        want = max(1, min(self.lease_size(st), math.ceil(st.queue_events / max(1, n_free * 2))))
         batch = st.pop()
         if not batch.attempts:
             parts = [batch]
