@@ -32,6 +32,13 @@ from .tables import DeadLetterList, LogPane, StepTable, WorkerTable
 REFRESH_MS = 250  # at most 4 repaints per second
 
 
+def worker_count(steps: dict) -> int:
+    """Worker processes of a statistics record's steps: a fused chain's workers are counted once
+    (every step of the chain reports the chain's workers; ``group`` names the chain by its first
+    step)."""
+    return sum(s.get("workers") or 0 for name, s in steps.items()
+               if s.get("group") in (None, name))
+
 class MainWindow(QtWidgets.QMainWindow):
     """The monitor window; `refresh()` renders the client's newest snapshot."""
 
@@ -211,7 +218,7 @@ class MainWindow(QtWidgets.QMainWindow):
         steps = stats.get("steps") or {}
         producers = [s for s in steps.values() if s.get("kind") == "producer"]
         rate = sum(s.get("rate") or 0.0 for s in producers)
-        workers = sum(s.get("workers") or 0 for s in steps.values())
+        workers = worker_count(steps)
         errors = sum(s.get("errors") or 0 for s in steps.values())
         self.counters.setText(f"elapsed {fmt_duration(stats.get('elapsed_s'))}   "
                               f"in {fmt_rate(rate)}   workers {workers}   errors {errors}")

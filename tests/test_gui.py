@@ -183,3 +183,12 @@ def test_main_screenshot_and_exit(tmp_path):
             env={**os.environ, "QT_QPA_PLATFORM": "offscreen"})
     assert proc.returncode == 0, proc.stderr.decode()[-2000:]
     assert out.stat().st_size > 10_000
+
+
+def test_the_header_counts_a_fused_chains_workers_once():
+    steps = {"read": {"kind": "producer", "workers": 1, "group": None},
+             "a": {"kind": "stager", "workers": 2, "group": "a"},
+             "b": {"kind": "stager", "workers": 2, "group": "a"},
+             "c": {"kind": "stager", "workers": 3, "group": None},
+             "write": {"kind": "consumer", "workers": 1}}
+    assert gui_app.worker_count(steps) == 1 + 2 + 3 + 1
