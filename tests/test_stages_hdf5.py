@@ -237,3 +237,16 @@ def test_tables_of_one_kind_share_their_description_and_keep_their_own_rows(tmp_
         one, two = h5.get_node("/p/tel_001"), h5.get_node("/p/tel_002")
         assert len(one) == 3 and len(two) == 3 and one.dtype == two.dtype == dtype
         assert one.attrs._f_list("user") == two.attrs._f_list("user")
+
+
+@pytest.mark.parametrize("lon,lat,height", [(-70.3166, -24.6833, 2150.0), (-17.89, 28.76, 2200.0),
+                                            (0.0, 0.0, 0.0), (179.9, -89.0, 5000.0)])
+def test_reference_itrs_is_astropys_geocentric_position(lon, lat, height):
+    import astropy.units as u
+    from astropy.coordinates import EarthLocation
+
+    from stages.io.ctapipe_layout import reference_itrs
+    loc = EarthLocation.from_geodetic(lon=lon * u.deg, lat=lat * u.deg, height=height * u.m)
+    expected = [c.to_value(u.m) for c in (loc.x, loc.y, loc.z)]
+    assert np.allclose(reference_itrs({"lon_deg": lon, "lat_deg": lat, "height_m": height}),
+                       expected, rtol=0, atol=1e-6)

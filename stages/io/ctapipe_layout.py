@@ -153,13 +153,15 @@ def _optics_key(optics: dict) -> tuple:
 
 
 def reference_itrs(location: dict) -> tuple[float, float, float]:
-    """Geocentric (ITRS) x, y, z in m of the reference location (WGS84), as ctapipe stores it."""
-    import astropy.units as u
-    from astropy.coordinates import EarthLocation
+    """Geocentric (ITRS) x, y, z in m of the reference location (WGS84), as ctapipe stores it.
 
-    loc = EarthLocation.from_geodetic(lon=location["lon_deg"] * u.deg, lat=location["lat_deg"] * u.deg,
-                                      height=location["height_m"] * u.m)
-    return tuple(float(c.to_value(u.m)) for c in (loc.x, loc.y, loc.z))
+    ERFA's ``gd2gc``, the routine astropy's ``EarthLocation.from_geodetic`` calls, without importing
+    ``astropy.coordinates`` (about a second of the writer's set-up)."""
+    import erfa
+
+    xyz = erfa.gd2gc(1, np.deg2rad(location["lon_deg"]), np.deg2rad(location["lat_deg"]),
+                     location["height_m"])       # 1: WGS84
+    return tuple(float(c) for c in xyz)
 
 
 def instrument_tables(subarray: dict) -> list[tuple[str, str, np.ndarray, dict]]:
