@@ -72,8 +72,11 @@ def trigger_rows(event: dict, subarray_ids: list[int], trigger: dict | None) -> 
         rows("dl1/event/subarray/trigger", 1, shapes={"tels_with_trigger": (len(subarray_ids),)}),
         dict(ids(event), time=time, tels_with_trigger=tel_mask(triggered, subarray_ids),
              event_type=EVENT_TYPE_SUBARRAY)))]
+    timed = [t for t in triggered if central and t in times]
+    tel_times = dict(zip(timed, ns_after(central, [times[t] for t in timed]), strict=True)) \
+        if timed else {}
     for tel_id in triggered:
-        tel_time = ns_after(central, times[tel_id]) if central and tel_id in times else time
+        tel_time = tel_times.get(tel_id, time)
         out.append(("dl1/event/telescope/trigger", fill(rows("dl1/event/telescope/trigger", 1), dict(
             ids(event, tel_id), time=tel_time, event_type=EVENT_TYPE_SUBARRAY, n_trigger_pixels=-1))))
     return out

@@ -5,6 +5,8 @@ The same conversion as ``ctapipe.time.time_to_ctao_high_res``, with astropy only
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 
 DAY_TO_S = 86400
@@ -13,11 +15,16 @@ NS_PER_DAY = 86400e9
 MAX_UINT32 = np.iinfo(np.uint32).max
 
 
-def time_to_ctao_high_res(time) -> np.ndarray:
-    """uint32 (..., 2): whole TAI seconds since 1970-01-01 TAI and quarter nanoseconds."""
+@lru_cache(maxsize=1)
+def _epoch():
     from astropy.time import Time
 
-    epoch = Time(0, format="unix_tai", scale="tai")
+    return Time(0, format="unix_tai", scale="tai")
+
+
+def time_to_ctao_high_res(time) -> np.ndarray:
+    """uint32 (..., 2): whole TAI seconds since 1970-01-01 TAI and quarter nanoseconds."""
+    epoch = _epoch()
     tai = time.tai
     frac1, sec1 = np.modf((tai.jd1 - epoch.jd1) * DAY_TO_S)
     frac2, sec2 = np.modf((tai.jd2 - epoch.jd2) * DAY_TO_S)
@@ -35,10 +42,13 @@ def unix_to_ctao_high_res(seconds: int, nanoseconds: int) -> np.ndarray:
     return time_to_ctao_high_res(Time(seconds, nanoseconds * 1e-9, format="unix", scale="utc"))
 
 
-def ns_after(central: tuple[int, int], offset_ns: float) -> np.ndarray:
-    """A telescope's trigger time: ``offset_ns`` after the central trigger (ctapipe's recipe)."""
+def ns_after(central: tuple[int, int], offset_ns) -> np.ndarray:
+    """Telescopes' trigger times: ``offset_ns`` (a number, or an array: one astropy `Time` for
+    all of an event's telescopes, element by element the same) after the central trigger
+    (ctapipe's recipe)."""
     from astropy.time import Time
 
     t = Time(central[0], central[1] * 1e-9, format="unix", scale="utc")
-    t = Time(t.jd1, t.jd2 + offset_ns / NS_PER_DAY, scale=t.scale, format="jd")
+    t = Time(t.jd1, t.jd2 + np.asarray(offset_ns, np.float64) / NS_PER_DAY, scale=t.scale,
+             format="jd")
     return time_to_ctao_high_res(t)

@@ -1,0 +1,29 @@
+"""stages.io.ctapipe_time: CTAO high-resolution timestamps, as ctapipe makes them."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from stages.io.ctapipe_time import ns_after, unix_to_ctao_high_res
+
+CENTRAL = (1_300_000_000, 123_456_789)
+OFFSETS = [0.0, 12.5, -3.25, 1e6, 7.75, 250.125]
+
+
+def test_an_events_telescope_times_in_one_call_equal_one_call_each():
+    together = ns_after(CENTRAL, OFFSETS)
+    assert together.shape == (len(OFFSETS), 2) and together.dtype == np.uint32
+    assert np.array_equal(together, np.array([ns_after(CENTRAL, o) for o in OFFSETS]))
+
+
+def test_times_equal_ctapipes():
+    pytest.importorskip("ctapipe")
+    import astropy.units as u
+    from astropy.time import Time
+    from ctapipe.time import time_to_ctao_high_res
+
+    central = Time(CENTRAL[0], CENTRAL[1] * 1e-9, format="unix", scale="utc")
+    assert np.array_equal(unix_to_ctao_high_res(*CENTRAL), time_to_ctao_high_res(central))
+    theirs = time_to_ctao_high_res(central + u.Quantity(OFFSETS, u.ns))
+    assert np.abs(ns_after(CENTRAL, OFFSETS).astype(np.int64) - theirs.astype(np.int64)).max() <= 1
