@@ -12,8 +12,10 @@ events: re-yielding the same objects let the first system strip the waveforms fr
 events, and every later one then timed a chain with nothing to calibrate.
 
 - loop: the chain in this process (the baseline);
-- pool1 / pool16: ``multiprocessing.Pool(2)`` (the platform's default start), each worker building
-  the chain once in its initializer, ``imap`` with chunksize 1 and 16;
+- pool1 / pool16: ``multiprocessing.Pool(2)`` started by forkserver (a fork of this process, which
+  by then has Dask's and pyzmq's threads, once hung for good on a lock), each worker building the
+  chain once in its initializer and running it on one event there (its jitted kernels loaded
+  before timing, as flow's workers load theirs in set-up), ``imap`` with chunksize 1 and 16;
 - dask: ``distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True)``, one task
   per event on a worker-local chain, 8 events in flight;
 - ray: two actors holding the chain, round robin, 8 events in flight;
@@ -110,9 +112,13 @@ def run_chain(steps: list, event):
 _CHAIN: list | None = None   # the chain of this worker process (Pool, Dask)
 
 
-def _init_worker(context: dict) -> None:
+def _init_worker(context: dict, warm_event=None) -> None:
+    """A Pool worker's chain, run once on ``warm_event`` (jitted kernels loaded before timing, as
+    flow's workers load theirs in set-up)."""
     global _CHAIN
     _CHAIN = make_chain(context)
+    if warm_event is not None:
+        run_chain(_CHAIN, fresh(warm_event))
 
 
 def _process(event):
@@ -189,7 +195,10 @@ def run_loop(context, events, n) -> dict:
 
 def run_pool(context, events, n, chunksize: int) -> dict:
     t0 = time.perf_counter()
-    with mp.Pool(2, initializer=_init_worker, initargs=(context,)) as pool:
+    # forkserver, not fork: by now this process has Dask's and pyzmq's threads, and a pool forked
+    # from it once hung for good on a lock one of them held at the fork
+    with mp.get_context("forkserver").Pool(2, initializer=_init_worker,
+                                            initargs=(context, events[0])) as pool:
         return timed(pool.imap(_process, stream(events, n), chunksize=chunksize), t0, n)
 
 
