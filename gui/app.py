@@ -39,6 +39,7 @@ def worker_count(steps: dict) -> int:
     return sum(s.get("workers") or 0 for name, s in steps.items()
                if s.get("group") in (None, name))
 
+
 class MainWindow(QtWidgets.QMainWindow):
     """The monitor window; `refresh()` renders the client's newest snapshot."""
 

@@ -33,10 +33,11 @@ class CreditAndLeasing:
             if st.kind == "producer":
                 if self.paused or st.finished or not self.targets_have_room(st):
                     continue
-                batch = min((self.lease_size(self.steps[t]) for t in st.targets),
-                            default=self.opts.batch_max)
+                batch = 0    # the targets' lease size, worked out once a credit is due
                 for w in st.workers.values():
                     if w.state == "ready" and w.credit_out < prefetch:
+                        batch = batch or min((self.lease_size(self.steps[t]) for t in st.targets),
+                                             default=self.opts.batch_max)
                         n = prefetch - w.credit_out
                         w.credit_out += n
                         self._send(w, P.CREDIT, {"n": n, "batch": batch})
