@@ -22,9 +22,9 @@ process's reaped children: the command, its workers and their template), and the
 ``inline wall / variant wall`` (> 1: the engine is faster than one process) and ``variant CPU /
 inline CPU``. ``startup_s``: wall seconds of a one-event run (interpreter, imports, workers,
 setup, one event through, end of stream), per variant; ``steady_vs_inline``: the wall ratio with
-each run's start-up taken off (per repeat, then the median): the steady state. ``reader_serial_ms``: the cost per event of
-the split reader's serial part (`SimtelFrames`: reading, decompressing and framing the SST-1M file's
-raw objects, no parsing), beside `SimtelSource`'s whole cost (``reader.serial_share`` is their
+each run's start-up taken off (per repeat, then the median): the steady state.
+``reader_serial_ms``: the cost per event of the split reader's serial part (`SimtelFrames`:
+reading, decompressing and framing the SST-1M file's raw objects, no parsing), beside `SimtelSource`'s whole cost (``reader.serial_share`` is their
 ratio), `SimtelParser`'s (the part the workers share) and a profile of `SimtelSource`.
 ``split_vs_whole_reader``: simtel_dl2_whole wall / simtel_dl2 wall per variant. Last line, one JSON object:
 ``{"vs_inline": {"demo": r, "simtel_dl2": r}, "unfused_vs_inline": {...}, "startup_s": {...},
@@ -232,12 +232,12 @@ def main(argv: list[str] | None = None) -> int:
     wall = {k: med([x["wall_s"] for x in v]) for k, v in runs.items()}
     cpu = {k: med([x["cpu_s"] for x in v]) for k, v in runs.items()}
 
-    def ratio(g: str, v: str) -> float:   # per repeat, then the median
-        return med([i["wall_s"] / x["wall_s"] for i, x in zip(runs[(g, "inline")], runs[(g, v)],
-                                                              strict=True)])
-
-    def steady(g: str, v: str) -> float:  # start-up (a one-event run) taken off both, per repeat
-        return med([(i["wall_s"] - si) / max(1e-9, x["wall_s"] - sx) for i, x, si, sx in zip(
+    def ratio(g: str, v: str, steady: bool = False) -> float:
+        """inline wall / variant wall per repeat, then the median; ``steady``: each run's start-up
+        (its one-event run) taken off first."""
+        def span(run: dict, start: float) -> float:
+            return max(1e-9, run["wall_s"] - (start if steady else 0.0))
+        return med([span(i, si) / span(x, sx) for i, x, si, sx in zip(
             runs[(g, "inline")], runs[(g, v)], starts[(g, "inline")], starts[(g, v)],
             strict=True)])
 
@@ -246,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     for g in graphs:
         for v in variants[g]:
             print(f"{g:<16} {v:<14} {runs[(g, v)][0]['events']:>7} {wall[(g, v)]:>8.2f} "
-                  f"{cpu[(g, v)]:>8.2f} {ratio(g, v):>11.2f} {steady(g, v):>7.2f} "
+                  f"{cpu[(g, v)]:>8.2f} {ratio(g, v):>11.2f} {ratio(g, v, steady=True):>7.2f} "
                   f"{cpu[(g, v)] / cpu[(g, 'inline')]:>10.2f} {med(starts[(g, v)]):>10.2f}")
     print(f"\nThe SST-1M file ({reader['events']} events), ms per event: SimtelFrames (serial: "
           f"read, decompress, frame) {reader['frames_ms']:.2f} = {reader['serial_share']:.1%} of "
@@ -256,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
           f"of its time: {reader['source_profile_share']}")
     result = {
         "vs_inline": {g: round(ratio(g, "fused"), 3) for g in graphs},
-        "steady_vs_inline": {g: round(steady(g, "fused"), 3) for g in graphs},
+        "steady_vs_inline": {g: round(ratio(g, "fused", steady=True), 3) for g in graphs},
         "unfused_vs_inline": {g: round(ratio(g, "unfused"), 3) for g in graphs
                               if "unfused" in variants[g]},
         "spawn_unfused_vs_inline": {g: round(ratio(g, "spawn_unfused"), 3) for g in graphs
