@@ -153,3 +153,37 @@ def test_a_run_refused_after_its_context_stops_the_template_too(tmp_path):
         run(graph, RunOptions(quiet=True, run_dir=str(tmp_path / "run"), bind="tcp://0.0.0.0:0"))
     left = [p for p in psutil.Process().children(recursive=True) if p.pid not in before]
     assert not [p for p in left if p.is_running() and p.status() != psutil.STATUS_ZOMBIE], left
+
+
+ATEXIT_STEP = '''
+import atexit
+import os
+
+from flow.graph.step import Stager
+
+
+class MarkAtExit(Stager):
+    """Registers an atexit handler that writes a file named after its pid in ``mark_dir``."""
+
+    def setup(self):
+        mark = os.path.join(os.environ["MARK_DIR"], str(os.getpid()))
+        atexit.register(lambda: open(mark, "w").write("exited"))
+
+    def process(self, event):
+        return event
+'''
+
+
+def test_a_forked_worker_runs_its_atexit_handlers_on_the_fast_exit(tmp_path, monkeypatch):
+    (tmp_path / "mod").mkdir()
+    (tmp_path / "mod" / "atexit_steps.py").write_text(ATEXIT_STEP)
+    (tmp_path / "marks").mkdir()
+    monkeypatch.syspath_prepend(str(tmp_path / "mod"))
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path / "mod"))
+    monkeypatch.setenv("MARK_DIR", str(tmp_path / "marks"))
+    text = PIPE.replace("METHOD", "zygote").replace("tests.steps:AddOne", "atexit_steps:MarkAtExit")
+    graph = load(tmp_path, text.replace("{name: add,", "{name: add, fuse: false,"))
+    summary = run(graph, RunOptions(quiet=True, run_dir=str(tmp_path / "run")))
+    assert summary.exit_code == EXIT_OK
+    marks = list((tmp_path / "marks").iterdir())   # one per worker of `add`, each its own pid
+    assert len(marks) == 2 and all(m.read_text() == "exited" for m in marks)
