@@ -333,6 +333,10 @@ def nd(dtype: bytes, shape, tail=b"", code=EXT_NDARRAY_INLINE):
         ([msgpack.packb(1) + b"\x00"], "extra data"),
         ([ext(9, b"abc")], "unknown msgpack ext code 9"),
         ([msgpack.packb(msgpack.Timestamp(5, 0))], "timestamp"),
+        ([msgpack.packb([1, {"t": msgpack.Timestamp(5, 7)}])], "timestamp"),
+        ([msgpack.packb([-1, msgpack.Timestamp(2**40, 7)])], "timestamp"),
+        ([b"\x91\xc8\x00\x0c\xff" + bytes(12)], "timestamp"),          # ext 16, 12 bytes
+        ([b"\x91\xc9\x00\x00\x00\x0c\xff" + bytes(12)], "timestamp"),  # ext 32, 12 bytes
         ([nd(b"|O8", (1,), b"\0" * 8)], "not in the allow-list"),
         ([nd(b"|V8", (1,), b"\0" * 8)], "not in the allow-list"),
         ([nd(b"<M8", (1,), b"\0" * 8)], "not in the allow-list"),

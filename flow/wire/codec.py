@@ -641,7 +641,7 @@ def decode(frames: Sequence, *, max_frames: int = 10_000, max_header: int = 64 <
         obj = _unpackb(header, ext_hook=dec.hook, raw=False, strict_map_key=False)
         if dec.next != n:
             raise ProtocolError(f"payload has {n - dec.next} unreferenced frame(s)")
-        if 255 in header:  # memchr (an int: no substring search): a timestamp ext has type 0xff
+        if _may_hold_timestamp(header):
             _reject_timestamps([obj], 0)
         return obj
     except ProtocolError:
@@ -651,6 +651,14 @@ def decode(frames: Sequence, *, max_frames: int = 10_000, max_header: int = 64 <
     finally:
         dec.frames = ()
         dec.shm = None
+
+
+def _may_hold_timestamp(header: bytes) -> bool:
+    """Whether ``header`` may hold a msgpack timestamp (ext type -1, 0xff, which msgpack decodes
+    itself): its 4, 8 or 12 bytes follow ``d6 ff``, ``d7 ff`` or a length byte 12 and ``ff`` (ext
+    8, 16 or 32). Three substring searches instead of walking every decoded event: any 0xff byte
+    (an int -1, a float's bytes) used to send the walk over the whole value."""
+    return b"\xd6\xff" in header or b"\xd7\xff" in header or b"\x0c\xff" in header
 
 
 def _reject_timestamps(obj: Any, depth: int) -> None:
