@@ -77,3 +77,17 @@ def gui_window(qtbot, qapp):
     yield make
     for w in made:
         w.close()
+
+
+@pytest.fixture
+def step_module(tmp_path, monkeypatch):
+    """``make(name, source)``: writes module ``name`` in a directory on sys.path and on the
+    PYTHONPATH that worker processes get, for steps a test defines in its own text."""
+    where = tmp_path / "step_modules"
+    where.mkdir()
+    monkeypatch.syspath_prepend(str(where))
+    monkeypatch.setenv("PYTHONPATH", str(where))
+
+    def make(name: str, source: str) -> None:
+        (where / f"{name}.py").write_text(source)
+    return make

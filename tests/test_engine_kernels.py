@@ -46,11 +46,9 @@ router: {fuse: false}
 """
 
 
-def test_a_later_run_starts_with_the_kernels_an_earlier_one_ran(tmp_path, monkeypatch):
-    (tmp_path / "mod").mkdir()
-    (tmp_path / "mod" / "kern_steps.py").write_text(textwrap.dedent(STEPS))
-    monkeypatch.syspath_prepend(str(tmp_path / "mod"))
-    monkeypatch.setenv("PYTHONPATH", str(tmp_path / "mod"))
+def test_a_later_run_starts_with_the_kernels_an_earlier_one_ran(tmp_path, monkeypatch,
+                                                               step_module):
+    step_module("kern_steps", textwrap.dedent(STEPS))
     monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path / "cache"))  # the workers' numba cache
     manifest = tmp_path / "cache" / kernels.MANIFEST
     seen = []

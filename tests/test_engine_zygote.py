@@ -174,12 +174,10 @@ class MarkAtExit(Stager):
 '''
 
 
-def test_a_forked_worker_runs_its_atexit_handlers_on_the_fast_exit(tmp_path, monkeypatch):
-    (tmp_path / "mod").mkdir()
-    (tmp_path / "mod" / "atexit_steps.py").write_text(ATEXIT_STEP)
+def test_a_forked_worker_runs_its_atexit_handlers_on_the_fast_exit(tmp_path, monkeypatch,
+                                                                  step_module):
+    step_module("atexit_steps", ATEXIT_STEP)
     (tmp_path / "marks").mkdir()
-    monkeypatch.syspath_prepend(str(tmp_path / "mod"))
-    monkeypatch.setenv("PYTHONPATH", str(tmp_path / "mod"))
     monkeypatch.setenv("MARK_DIR", str(tmp_path / "marks"))
     text = PIPE.replace("METHOD", "zygote").replace("tests.steps:AddOne", "atexit_steps:MarkAtExit")
     graph = load(tmp_path, text.replace("{name: add,", "{name: add, fuse: false,"))

@@ -57,9 +57,17 @@ def read_manifest(path: str | None) -> dict[str, list[str]]:
 
 
 def record_used(path: str | None = None) -> int:
-    """Add the signatures this process's kernels ran to the manifest; the number added. Two
-    workers ending together may each write their own view: a lost entry is recorded next run."""
-    path = path or manifest_path()
+    """Add the signatures this process's kernels ran to the manifest; the number added. Never
+    raises: a manifest it cannot write only means the next run's workers load their kernels
+    themselves. Two workers ending together may each write their own view: a lost entry is
+    recorded next run."""
+    try:
+        return _record_used(path or manifest_path())
+    except Exception:
+        return 0
+
+
+def _record_used(path: str | None) -> int:
     if path is None:
         return 0
     used = {name: [str(sig) for sig in d.overloads] for name, d in dispatchers().items()
@@ -74,12 +82,9 @@ def record_used(path: str | None = None) -> int:
             added += len(new)
     if added:
         tmp = f"{path}.{os.getpid()}"
-        try:
-            with open(tmp, "w") as f:
-                json.dump(known, f, indent=0, sort_keys=True)
-            os.replace(tmp, path)
-        except OSError:
-            return 0
+        with open(tmp, "w") as f:
+            json.dump(known, f, indent=0, sort_keys=True)
+        os.replace(tmp, path)
     return added
 
 

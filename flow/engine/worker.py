@@ -25,6 +25,7 @@ import warnings
 
 import zmq
 
+from flow.engine import kernels
 from flow.engine.fused import FusedChain, Member
 from flow.engine.memory import default_numba_cache, tune_gc, tune_malloc
 from flow.engine.outputs import ALL, path_after, producer_outputs, stager_outputs
@@ -534,14 +535,6 @@ class Worker:
             env["unpins"] = unpins
 
 
-def record_used() -> None:
-    try:
-        from flow.engine.kernels import record_used as record
-        record()
-    except Exception:   # a cache directory it cannot write: the next run loads kernels itself
-        pass
-
-
 def worker_main(endpoint: str, worker_id: str, step_name: str, keys_dir: str | None = None) -> int:
     """Entry point of a worker process (multiprocessing spawn target, or `flow agent`)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the router coordinates shutdown
@@ -555,7 +548,7 @@ def worker_main(endpoint: str, worker_id: str, step_name: str, keys_dir: str | N
             worker.run_producer()
         else:
             worker.run_processor()
-        record_used()   # the kernels it ran, for the next run's worker template to preload
+        kernels.record_used()   # the kernels it ran, for the next run's worker template to preload
         return 0
     except StepError as exc:
         worker.send(P.FAILED, {"phase": exc.phase, "error": str(exc), "traceback": exc.traceback})
