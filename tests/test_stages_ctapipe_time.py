@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from stages.io.ctapipe_time import ns_after, unix_to_ctao_high_res
+from stages.io.ctapipe_time import ns_after, trigger_times, unix_to_ctao_high_res
 
 CENTRAL = (1_300_000_000, 123_456_789)
 OFFSETS = [0.0, 12.5, -3.25, 1e6, 7.75, 250.125]
@@ -27,3 +27,19 @@ def test_times_equal_ctapipes():
     assert np.array_equal(unix_to_ctao_high_res(*CENTRAL), time_to_ctao_high_res(central))
     theirs = time_to_ctao_high_res(central + u.Quantity(OFFSETS, u.ns))
     assert np.abs(ns_after(CENTRAL, OFFSETS).astype(np.int64) - theirs.astype(np.int64)).max() <= 1
+
+
+def test_a_runs_trigger_times_in_one_call_equal_one_event_at_a_time():
+    triggers = {7: {"gps_time": CENTRAL, "tels": [1, 4, 9], "times_ns": OFFSETS[:3]},
+                8: {"gps_time": (CENTRAL[0] + 1, 999_999_999), "tels": [2], "times_ns": [3.5]},
+                9: {"gps_time": (1_483_228_799, 500), "tels": [], "times_ns": []},  # a leap second
+                10: {"gps_time": CENTRAL, "tels": [3, 5], "times_ns": [1.0]}}  # fewer times
+    out = trigger_times(triggers)
+    assert set(out) == set(triggers) and trigger_times({}) == {}
+    for event_id, trigger in triggers.items():
+        central, tels = out[event_id]
+        assert np.array_equal(central, unix_to_ctao_high_res(*trigger["gps_time"]))
+        expected = dict(zip(trigger["tels"], trigger["times_ns"], strict=False))
+        assert set(tels) == set(expected)
+        for tel_id, offset in expected.items():
+            assert np.array_equal(tels[tel_id], ns_after(trigger["gps_time"], offset)), tel_id

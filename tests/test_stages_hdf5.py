@@ -239,6 +239,29 @@ def test_tables_of_one_kind_share_their_description_and_keep_their_own_rows(tmp_
         assert one.attrs._f_list("user") == two.attrs._f_list("user")
 
 
+def test_set_attrs_writes_what_pytables_own_setitem_writes(tmp_path):
+    from stages.io.ctapipe_layout import set_attrs
+    from stages.io.ctapipe_schema import enum_pickle
+    values = {"CTAFIELD_0_UNIT": "deg", "CTAFIELD_1_DESC": "", "N": 3, "X": 2.5, "FLAG": True,
+              "B": b"raw", "WIDTH": np.int64(7), "ARR": np.arange(3.0), "LIST": [1, "a"],
+              "ENUM": enum_pickle("ctapipe.containers:EventType"), "FIELD_0_FILL": 0}
+    with tables.open_file(tmp_path / "a.h5", "w") as h5:
+        mine = h5.create_table("/", "mine", np.dtype([("x", "f8")]))
+        theirs = h5.create_table("/", "theirs", np.dtype([("x", "f8")]))
+        set_attrs(mine, values)
+        for name, value in values.items():
+            theirs._v_attrs[name] = value
+        for node in (mine, theirs):   # the open file's view: names and values
+            assert node._v_attrs._v_attrnamesuser == theirs._v_attrs._v_attrnamesuser
+            assert node._v_attrs._v_attrnamessys == theirs._v_attrs._v_attrnamessys
+    with tables.open_file(tmp_path / "a.h5") as h5:   # and what is on disk
+        mine, theirs = h5.get_node("/mine")._v_attrs, h5.get_node("/theirs")._v_attrs
+        assert mine._f_list("all") == theirs._f_list("all")
+        for name in theirs._f_list("all"):
+            a, b = mine[name], theirs[name]
+            assert type(a) is type(b) and np.array_equal(np.asarray(a), np.asarray(b)), name
+
+
 @pytest.mark.parametrize("lon,lat,height", [(-70.3166, -24.6833, 2150.0), (-17.89, 28.76, 2200.0),
                                             (0.0, 0.0, 0.0), (179.9, -89.0, 5000.0)])
 def test_reference_itrs_is_astropys_geocentric_position(lon, lat, height):

@@ -54,32 +54,39 @@ def shower_row(event: dict, trigger: dict | None = None) -> np.ndarray:
     return fill(rows(SHOWER, 1), dict(ids(event), **values))
 
 
-def trigger_rows(event: dict, subarray_ids: list[int], trigger: dict | None) -> list:
+def trigger_rows(event: dict, subarray_ids: list[int], trigger: dict | None,
+                 times: tuple | None = None) -> list:
     """Subarray and telescope trigger rows; ``trigger`` from the input file, else the event's tels.
 
+    ``times``: the trigger's (central time, {tel_id: time}) when already converted (one call of
+    `stages.io.ctapipe_time.trigger_times` for a whole run), else converted here.
     Without a recorded trigger (a toy or DL1 source), the triggered telescopes are those with data
     and the time is the zero timestamp.
     """
     tels = sorted(int(t) for t in (event.get("tels") or {}))
     if trigger:
-        central = trigger["gps_time"]
-        time = unix_to_ctao_high_res(*central)
         triggered = [t for t in trigger["tels"] if t in set(subarray_ids)]
-        times = dict(zip(trigger["tels"], trigger["times_ns"], strict=False))
+        time, tel_times = times if times is not None else _trigger_times(trigger)
     else:
-        time, triggered, times, central = np.zeros(2, np.uint32), tels, {}, None
+        time, triggered, tel_times = np.zeros(2, np.uint32), tels, {}
     out = [("dl1/event/subarray/trigger", fill(
         rows("dl1/event/subarray/trigger", 1, shapes={"tels_with_trigger": (len(subarray_ids),)}),
         dict(ids(event), time=time, tels_with_trigger=tel_mask(triggered, subarray_ids),
              event_type=EVENT_TYPE_SUBARRAY)))]
-    timed = [t for t in triggered if central and t in times]
-    tel_times = dict(zip(timed, ns_after(central, [times[t] for t in timed]), strict=True)) \
-        if timed else {}
     for tel_id in triggered:
         tel_time = tel_times.get(tel_id, time)
         out.append(("dl1/event/telescope/trigger", fill(rows("dl1/event/telescope/trigger", 1), dict(
             ids(event, tel_id), time=tel_time, event_type=EVENT_TYPE_SUBARRAY, n_trigger_pixels=-1))))
     return out
+
+
+def _trigger_times(trigger: dict) -> tuple:
+    central = trigger["gps_time"]
+    times = dict(zip(trigger["tels"], trigger["times_ns"], strict=False))
+    timed = list(times)
+    tel_times = dict(zip(timed, ns_after(central, [times[t] for t in timed]), strict=True)) \
+        if timed else {}
+    return unix_to_ctao_high_res(*central), tel_times
 
 
 def parameter_row(event: dict, tel_id: int, params: dict, kind: str = PARAMS) -> np.ndarray:

@@ -56,6 +56,7 @@ from . import ctapipe_config as config
 from . import ctapipe_events as rowsof
 from . import ctapipe_service as service
 from .ctapipe_layout import write_table
+from .ctapipe_time import trigger_times
 from .h5context import FILTERS, fingerprint, read_context, write_context  # noqa: F401 - re-exported
 
 CTAPIPE_FILTERS = tables.Filters(complevel=5, complib="blosc:zstd", shuffle=True, fletcher32=True)
@@ -156,6 +157,7 @@ class HDF5Writer(Consumer):
         if self._subarray:
             config.write_instrument(self._h5, self._subarray, CTAPIPE_FILTERS)
         self._simulation = self._simulation_info()
+        self._trigger_times = trigger_times(self._simulation["triggers"])  # one call for the run
 
     def _simulation_info(self) -> dict:
         """The run's simulation mapping: the context's, else read from a sim_telarray input."""
@@ -189,8 +191,10 @@ class HDF5Writer(Consumer):
     def write_event(self, event: dict) -> None:
         obs_id = int(event["obs_id"])
         self._obs_ids.add(obs_id)
-        trigger = self._simulation["triggers"].get(int(event["event_id"]))
-        for kind, row in rowsof.trigger_rows(event, self._tel_ids, trigger):
+        event_id = int(event["event_id"])
+        trigger = self._simulation["triggers"].get(event_id)
+        for kind, row in rowsof.trigger_rows(event, self._tel_ids, trigger,
+                                             self._trigger_times.get(event_id)):
             self.buffer("/" + kind, kind).add(row)
         self._note_pointing(event)
         self._quality.add(event.get("quality_counts"))
