@@ -22,18 +22,13 @@ import numpy as np
 import tables
 
 from .ctapipe_schema import frozen_shapes, table_attrs, table_dtype, table_title
+from .telescope_guess import TELESCOPES
 
 DATA_MODEL_VERSION = "v7.1.0"
 CTAPIPE_VERSION = "0.28.0"  # the version whose data model the tables follow
 EVENT_TYPE_SUBARRAY = 32  # ctapipe.containers.EventType.SUBARRAY
-# ctapipe.instrument.guess.TELESCOPE_NAMES, by optics name: (size type, n_mirrors, reflector shape)
-_SC, _DC, _H, _P = "SCHWARZSCHILD_COUDER", "DAVIES_COTTON", "HYBRID", "PARABOLIC"
-KNOWN_OPTICS = {
-    "GCT": ("SST", 2, _SC), "ASTRI": ("SST", 2, _SC), "1M": ("SST", 1, _DC), "MST": ("MST", 1, _H),
-    "LST": ("LST", 1, _P), "SCT": ("MST", 1, _SC), "MAGIC-1": ("LST", 1, _P),
-    "MAGIC-2": ("LST", 1, _P), "HESS-I": ("MST", 1, _DC), "HESS-II": ("LST", 1, _P),
-    "FACT": ("SST", 1, _H),
-}
+# ctapipe's guess table, by optics name: (size type, n_mirrors, reflector shape)
+KNOWN_OPTICS = {g.name: (g.type, g.n_mirrors, g.reflector_shape) for _, g in TELESCOPES}
 
 
 def size_type(mirror_area: float) -> str:

@@ -48,6 +48,7 @@ from .simtel_event import (  # noqa: F401 - re-exported: the R1 recipe lived her
     run_record,
     select_gain,
 )
+from .telescope_guess import guess_telescope
 
 log = logging.getLogger(__name__)
 
@@ -66,14 +67,10 @@ def telescope_names(tel_meta: dict, n_pixels: int, focal_length: float, n_mirror
     optics, camera = tel_meta.get(b"OPTICS_CONFIG_NAME"), tel_meta.get(b"CAMERA_CONFIG_NAME")
     if optics is not None and camera is not None:
         return optics.decode(), camera.decode()
-    try:
-        import astropy.units as u
-        from ctapipe.instrument.guess import guess_telescope
-
-        guess = guess_telescope(n_pixels, focal_length * u.m, n_mirrors)
-        return guess.name, guess.camera_name
-    except Exception:  # ctapipe absent or unknown telescope
+    guess = guess_telescope(n_pixels, focal_length, n_mirrors)
+    if guess is None:   # an unknown telescope
         return "UNKNOWN", f"UNKNOWN-{n_pixels}px"
+    return guess.name, guess.camera_name
 
 
 def build_camera(desc: dict, camera_name: str, source: str) -> dict:
