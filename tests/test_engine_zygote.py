@@ -9,7 +9,7 @@ import pytest
 
 from flow.engine.launcher import LocalLauncher
 from flow.engine.run import RunOptions, run
-from flow.engine.zygote import ForkedProcess, Zygote, preload_modules
+from flow.engine.zygote import ForkedProcess, Zygote, preload_modules, wants_kernels
 from flow.observe.summary import EXIT_OK
 from tests.steps import read_jsonl
 from tests.test_engine_e2e import load
@@ -35,6 +35,7 @@ def test_workers_start_from_the_template_or_as_fresh_interpreters(tmp_path, meth
 
     def on_start(router, publisher):
         parents["launcher"] = router.launcher
+        parents["order"] = [w.step for w in router.workers.values()]
 
     summary = run(graph, RunOptions(quiet=True, run_dir=str(tmp_path / "run"), on_start=on_start))
     assert summary.exit_code == EXIT_OK
@@ -43,6 +44,8 @@ def test_workers_start_from_the_template_or_as_fresh_interpreters(tmp_path, meth
     launcher = parents["launcher"]
     assert launcher.start_method == method and launcher.started == 4
     assert launcher.zygote is None     # the template is stopped with the run
+    # the consumer and the producer first: their set-up overlaps the template's kernel loading
+    assert parents["order"] == ["write", "read", "add", "add"]
 
 
 def test_a_forked_worker_is_a_child_of_the_template_not_of_the_router(tmp_path):
@@ -62,6 +65,41 @@ def test_a_forked_worker_is_a_child_of_the_template_not_of_the_router(tmp_path):
     assert z.proc.poll() is not None
 
 
+def test_requests_return_at_once_and_their_pids_arrive_in_order(tmp_path):
+    z = Zygote(preload_modules(None), dict(os.environ))
+    try:   # written while the template still imports: none of them waits for it
+        procs = [z.start(f"ipc://{tmp_path}/nobody.sock", f"w.{i}", "nothing", None, kind=kind)
+                 for i, kind in enumerate(("consumer", "producer", "stager"))]
+        assert all(p.poll() is None for p in procs)
+        pids = [p.pid for p in procs]
+        assert len(set(pids)) == 3
+        assert all(psutil.Process(pid).ppid() == z.proc.pid for pid in pids)
+        for proc in procs:
+            proc.kill()
+            assert proc.wait(5) is not None
+    finally:
+        z.close()
+
+
+def test_a_request_the_template_never_answers_is_a_worker_that_exited(tmp_path):
+    z = Zygote(preload_modules(None), dict(os.environ))
+    try:
+        proc = z.start(f"ipc://{tmp_path}/nobody.sock", "w.0", "nothing", None, kind="stager")
+        z.proc.kill()   # still importing: it never answers
+        z.proc.wait(5)
+        assert proc.wait(5) == -1 and proc.pid is None and proc.error
+        proc.kill()     # nothing to kill, no error
+        with pytest.raises(OSError, match="exited"):
+            z.start(f"ipc://{tmp_path}/nobody.sock", "w.1", "nothing", None)
+    finally:
+        z.close()
+
+
+def test_only_stagers_wait_for_the_kernels():
+    assert wants_kernels({"kind": "stager"}) and wants_kernels({})
+    assert not wants_kernels({"kind": "producer"}) and not wants_kernels({"kind": "consumer"})
+
+
 def test_the_template_preloads_the_modules_of_the_steps():
     graph = load_like_demo()
     modules = preload_modules(graph)
@@ -77,7 +115,7 @@ def load_like_demo():
 class GoneTemplate:
     """A template that has exited: every request fails."""
 
-    def start(self, *args):
+    def start(self, *args, **kwargs):
         raise OSError("the worker template exited")
 
     def close(self) -> None:

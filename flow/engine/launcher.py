@@ -215,7 +215,9 @@ class LocalLauncher:
         try:
             if self.zygote is None:
                 self.zygote = Zygote(preload_modules(self.graph), self.env)
-            return self.zygote.start(self.endpoint, wid, step, self.keys_dir)
+            spec = next((s for s in getattr(self.graph, "steps", ()) if s.name == step), None)
+            return self.zygote.start(self.endpoint, wid, step, self.keys_dir,
+                                     kind=spec.kind if spec is not None else None)
         except OSError as exc:
             log.warning("worker template unavailable (%s): spawning workers instead", exc)
             self.start_method = "spawn"

@@ -20,9 +20,11 @@ handle of a worker it forked.
 
 from __future__ import annotations
 
+import collections
 import importlib
 import json
 import os
+import select
 import shutil
 import signal
 import subprocess
@@ -115,7 +117,16 @@ def exit_fast(code: int) -> None:
     os._exit(code if isinstance(code, int) else 1)
 
 
-def serve(reply_fd: int, status_dir: str | None = None) -> None:
+def wants_kernels(request: dict) -> bool:
+    """Whether a worker request waits for the template's kernels: a stager's, or an unknown kind's
+    (producers and consumers run no jitted kernels as a rule; one that does loads its own)."""
+    return request.get("kind") not in ("producer", "consumer")
+
+
+def serve(reply_fd: int, status_dir: str | None = None, load_kernels=None) -> None:
+    """Fork a worker per request on stdin until it closes. ``load_kernels`` (called once, at the
+    first request for a stager, or one of unknown kind): producers and consumers, which run no
+    jitted kernels as a rule, are forked without waiting for it (and without its memory)."""
     global _STATUS_DIR
     _STATUS_DIR = status_dir
     signal.signal(signal.SIGCHLD, _reap)
@@ -127,6 +138,9 @@ def serve(reply_fd: int, status_dir: str | None = None) -> None:
         except ValueError:
             reply.write("error: malformed request\n")
             continue
+        if load_kernels is not None and wants_kernels(request):
+            load_kernels()
+            load_kernels = None
         try:
             pid = os.fork()
         except OSError as exc:
@@ -147,28 +161,51 @@ def serve(reply_fd: int, status_dir: str | None = None) -> None:
 class ForkedProcess:
     """A worker forked by the zygote (not our child): ``poll``, ``kill`` and ``wait`` by pid, as
     `subprocess.Popen` offers them. The zygote reaps it and records its exit code in
-    ``status_dir``; -1 stands for a code that never arrived (a zygote that died first)."""
+    ``status_dir``; -1 stands for a code that never arrived (a zygote that died first).
+
+    Its pid arrives with the zygote's reply, which ``poll`` reads when it is there and ``pid``
+    (or ``kill``) waits for: the router goes on serving the workers already started while the
+    template loads the kernels before forking its first stager. A refused request (the fork
+    failed, the template died) is a worker that exited with -1."""
 
     GRACE_POLLS = 20   # polls of a gone worker without a recorded code before -1 is assumed
 
-    def __init__(self, pid: int, status_dir: str | None = None):
-        self.pid = pid
+    def __init__(self, pid: int | None, status_dir: str | None = None, template=None):
+        self._pid = pid
         self.status_dir = status_dir
         self.returncode: int | None = None
+        self.error: str | None = None
+        self._template = template
         self._unrecorded = 0
 
+    @property
+    def pid(self) -> int | None:
+        """The worker's pid (waits for the template's reply); None if it was refused."""
+        if self._pid is None and self.error is None and self._template is not None:
+            self._template.resolve(self, block=True)
+        return self._pid
+
+    def _replied(self, line: str) -> None:
+        if line.isdigit():
+            self._pid = int(line)
+        else:
+            self.error = line or "the worker template exited"
+            self.returncode = -1
+
     def poll(self) -> int | None:
-        if self.returncode is None:
+        if self._pid is None and self.error is None and self._template is not None:
+            self._template.resolve(self, block=False)
+        if self.returncode is None and self._pid is not None:
             try:
-                os.kill(self.pid, 0)
-                with open(f"/proc/{self.pid}/stat", "rb") as f:   # a zombie is gone
+                os.kill(self._pid, 0)
+                with open(f"/proc/{self._pid}/stat", "rb") as f:   # a zombie is gone
                     gone = f.read().rsplit(b")", 1)[-1].split()[0] == b"Z"
             except ProcessLookupError:
                 gone = True
             except OSError:   # no /proc (macOS) or not ours to signal: alive as far as we know
                 gone = False
             if gone:
-                self.returncode = read_exit(self.status_dir, self.pid)
+                self.returncode = read_exit(self.status_dir, self._pid)
                 self._unrecorded += 1
                 if self.returncode is None and (not self.status_dir
                                                 or self._unrecorded > self.GRACE_POLLS):
@@ -176,8 +213,11 @@ class ForkedProcess:
         return self.returncode
 
     def kill(self) -> None:
+        pid = self.pid
+        if pid is None:
+            return
         try:
-            os.kill(self.pid, signal.SIGKILL)
+            os.kill(pid, signal.SIGKILL)
         except OSError:
             pass
 
@@ -185,14 +225,15 @@ class ForkedProcess:
         deadline = None if timeout is None else time.monotonic() + timeout
         while self.poll() is None:
             if deadline is not None and time.monotonic() > deadline:
-                raise subprocess.TimeoutExpired(f"worker {self.pid}", timeout)
+                raise subprocess.TimeoutExpired(f"worker {self._pid}", timeout)
             time.sleep(0.01)
         return self.returncode
 
 
 class Zygote:
     """Client of a `flow.engine.zygote` process: starts it (a fresh interpreter importing
-    ``modules``) and asks it for workers."""
+    ``modules``) and asks it for workers. Requests are written at once and answered in order;
+    each `ForkedProcess` learns its pid when it needs it (`resolve`)."""
 
     def __init__(self, modules: list[str], env: dict):
         self.status_dir = tempfile.mkdtemp(prefix="flow-zygote-")
@@ -202,23 +243,55 @@ class Zygote:
                 [sys.executable, "-m", "flow.engine.zygote", "--reply-fd", str(w),
                  "--status-dir", self.status_dir, *modules],
                 env=env, stdin=subprocess.PIPE, pass_fds=(w,), text=True)
+        except BaseException:
+            os.close(r)
+            raise
         finally:
             os.close(w)
-        self.replies = os.fdopen(r, "r")
+        self._replies: int | None = r
+        self._buffer = b""
+        self._waiting: collections.deque[ForkedProcess] = collections.deque()
 
-    def start(self, endpoint: str, worker_id: str, step: str, keys_dir: str | None
-              ) -> ForkedProcess:
-        """A forked worker; OSError if the zygote is gone or refused."""
-        request = {"endpoint": endpoint, "worker_id": worker_id, "step": step, "keys": keys_dir}
+    def start(self, endpoint: str, worker_id: str, step: str, keys_dir: str | None,
+              kind: str | None = None) -> ForkedProcess:
+        """A worker being forked; OSError if the zygote is gone. ``kind``: the step's (producer,
+        stager, consumer), None if unknown (treated as a stager)."""
+        request = {"endpoint": endpoint, "worker_id": worker_id, "step": step, "keys": keys_dir,
+                   "kind": kind}
+        if self._replies is None or self.proc.poll() is not None:
+            raise OSError("the worker template exited")
         try:
             self.proc.stdin.write(json.dumps(request) + "\n")
             self.proc.stdin.flush()
         except (BrokenPipeError, ValueError) as exc:
             raise OSError(f"the worker template exited ({exc})") from None
-        line = self.replies.readline().strip()
-        if not line.isdigit():
-            raise OSError(f"the worker template could not start a worker: {line or 'it exited'}")
-        return ForkedProcess(int(line), self.status_dir)
+        proc = ForkedProcess(None, self.status_dir, template=self)
+        self._waiting.append(proc)
+        return proc
+
+    def resolve(self, proc: ForkedProcess, block: bool) -> None:
+        """Hand out the replies that have arrived, in the order of the requests, until ``proc``
+        has its own (``block``: wait for it; a template gone answers every request refused)."""
+        while proc in self._waiting:
+            line = self._line(block)
+            if line is None:
+                return
+            self._waiting.popleft()._replied(line)
+
+    def _line(self, block: bool) -> str | None:
+        while b"\n" not in self._buffer:
+            if self._replies is None:
+                return ""
+            if not block and not select.select([self._replies], [], [], 0)[0]:
+                return None
+            chunk = os.read(self._replies, 4096)
+            if not chunk:   # the template exited
+                os.close(self._replies)
+                self._replies = None
+                return ""
+            self._buffer += chunk
+        line, self._buffer = self._buffer.split(b"\n", 1)
+        return line.decode(errors="replace").strip()
 
     def close(self) -> None:
         """Stop the template (the workers it started go on until their router is gone)."""
@@ -226,7 +299,11 @@ class Zygote:
             self.proc.stdin.close()
         except OSError:
             pass
-        self.replies.close()
+        while self._waiting:   # every pid it sent, so that the caller can still kill them
+            self.resolve(self._waiting[-1], block=True)
+        if self._replies is not None:
+            os.close(self._replies)
+            self._replies = None
         try:   # it leaves at once; it holds nothing, so a slow exit is cut short (a run's end)
             self.proc.wait(0.5)
         except subprocess.TimeoutExpired:
@@ -273,8 +350,9 @@ def main(argv: list[str] | None = None) -> int:
     default_numba_cache()
     preload(["flow.engine.worker", *a.modules])
     from flow.engine.kernels import load_used
-    load_used()   # the kernels earlier workers ran, from numba's cache: no worker loads them again
-    serve(a.reply_fd, a.status_dir)
+    # the kernels earlier workers ran, from numba's cache (no stager loads them again), at the
+    # first stager's request
+    serve(a.reply_fd, a.status_dir, load_kernels=load_used)
     exit_fast(0)   # it holds nothing to close: no teardown of its modules (0.2 s per run's end)
 
 

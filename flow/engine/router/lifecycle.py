@@ -27,7 +27,11 @@ class WorkerLifecycle:
     """Worker lifecycle and liveness of the router (see the module docstring)."""
 
     def start(self) -> None:
-        for st in self.steps.values():
+        # consumers and producers first: the worker template loads the jitted kernels (a few
+        # tenths of a second) at its first stager, and the others' set-up (a writer's file)
+        # overlaps it instead of waiting behind it
+        first = {"consumer": 0, "producer": 1}
+        for st in sorted(self.steps.values(), key=lambda st: first.get(st.kind, 2)):
             n = 1 if st.kind != "stager" else st.desired
             for _ in range(n):
                 self.spawn(st)
