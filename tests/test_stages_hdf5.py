@@ -239,6 +239,13 @@ def test_tables_of_one_kind_share_their_description_and_keep_their_own_rows(tmp_
         assert one.attrs._f_list("user") == two.attrs._f_list("user")
 
 
+@pytest.mark.parametrize("name", ["CLASS", "NROWS", "FIELD_0_NAME", "FIELD_", "CTAFIELD_0_UNIT",
+                                  "class", "XFIELD_1", ""])
+def test_system_attribute_names_are_pytables(name):
+    from stages.io.ctapipe_layout import _system_name
+    assert _system_name(name) == tables.attributeset.issysattrname(name)
+
+
 def test_set_attrs_writes_what_pytables_own_setitem_writes(tmp_path):
     from stages.io.ctapipe_layout import set_attrs
     from stages.io.ctapipe_schema import enum_pickle
