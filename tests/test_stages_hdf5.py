@@ -239,6 +239,35 @@ def test_tables_of_one_kind_share_their_description_and_keep_their_own_rows(tmp_
         assert one.attrs._f_list("user") == two.attrs._f_list("user")
 
 
+def test_stacked_rows_equal_their_concatenation():
+    from stages.io.hdf5 import stack_rows
+    one = np.zeros(1, [("a", "f8"), ("b", "i4", (3,))])
+    rows = [one.copy() for _ in range(5)]
+    for i, row in enumerate(rows):
+        row["a"], row["b"] = i, [i, -i, 2 * i]
+    for block in (rows, rows[:1]):
+        assert stack_rows(block).tobytes() == np.concatenate(block).tobytes()
+        assert stack_rows(block).dtype == one.dtype
+    other = [np.zeros(1, [("a", "f8"), ("c", "f4")])]   # mixed dtypes: NumPy's concatenation
+    with pytest.raises(TypeError):
+        stack_rows(rows + other)
+
+
+def test_rows_are_writable_copies_of_the_default_row_of_every_kind():
+    import json
+
+    from stages.io.ctapipe_layout import default_row, rows
+    from stages.io.ctapipe_schema import SCHEMA_FILE
+    for kind in json.loads(SCHEMA_FILE.read_text()):
+        for n in (0, 1, 3):
+            out = rows(kind, n, "Algo")
+            expected = np.repeat(default_row(kind, "Algo", ()), n)
+            assert out.dtype == expected.dtype and out.tobytes() == expected.tobytes(), kind
+            assert out.flags.writeable and len(out) == n
+        one, two = rows(kind, 1, "Algo"), rows(kind, 1, "Algo")
+        assert not np.shares_memory(one, two)
+
+
 @pytest.mark.parametrize("name", ["CLASS", "NROWS", "FIELD_0_NAME", "FIELD_", "CTAFIELD_0_UNIT",
                                   "class", "XFIELD_1", ""])
 def test_system_attribute_names_are_pytables(name):

