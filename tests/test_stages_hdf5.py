@@ -309,3 +309,20 @@ def test_reference_itrs_is_astropys_geocentric_position(lon, lat, height):
     expected = [c.to_value(u.m) for c in (loc.x, loc.y, loc.z)]
     assert np.allclose(reference_itrs({"lon_deg": lon, "lat_deg": lat, "height_m": height}),
                        expected, rtol=0, atol=1e-6)
+
+
+def test_impact_distances_and_telescope_masks_equal_numpys_own():
+    from stages.io.ctapipe_layout import axis_distances, tel_mask
+    rng = np.random.default_rng(1)
+    for _ in range(300):
+        n = int(rng.integers(1, 60))
+        pos = rng.normal(0, 300, (n, 3))
+        cx, cy = rng.normal(0, 200, 2)
+        alt, az = rng.uniform(0.5, 1.57), rng.uniform(-3, 3)
+        direction = np.array([np.cos(alt) * np.cos(az), -np.cos(alt) * np.sin(az), np.sin(alt)])
+        expected = np.linalg.norm(np.cross(pos - np.array([cx, cy, 0.0]), direction), axis=-1)
+        assert np.array_equal(axis_distances(pos, cx, cy, alt, az), expected)   # bit for bit
+        ids = sorted(rng.choice(200, int(rng.integers(1, 100)), replace=False).tolist())
+        chosen = rng.choice(ids, int(rng.integers(0, len(ids) + 1)), replace=False).tolist()
+        assert np.array_equal(tel_mask(chosen + [999], ids),
+                              np.isin(np.asarray(ids), np.asarray(chosen + [999], np.int64)))
