@@ -93,6 +93,8 @@ class AckHandling:
         self.pin(w, msg.envelope)       # before the lease's segments are released
         self.hold(batch, -1)
         self.last_event_t = time.monotonic()
+        if not st.inputs:   # the stream's tail: the step may now be finished
+            self._eos_due = True
         if w.state == "retiring" and not w.leases:
             self._send(w, P.STOP, {"teardown": True})
 

@@ -104,6 +104,7 @@ class Router(WorkerLifecycle, CreditAndLeasing, AckHandling, EndOfStream, Shared
         self._aborting_t = 0.0
         self._next_tick = time.monotonic()
         self._next_check = time.monotonic()
+        self._eos_due = False   # a step may have ended: advance the end of stream at once
 
     def enable_shm(self, prefix: str, threshold: int) -> None:
         """Large arrays travel through shared memory (flow/wire/shm.py); only for local workers."""
@@ -135,6 +136,9 @@ class Router(WorkerLifecycle, CreditAndLeasing, AckHandling, EndOfStream, Shared
                     if s in ready:
                         handler(s)
                 self.dispatch()
+                if self._eos_due:
+                    self._eos_due = False
+                    self.advance_eos()
                 if self.signal_count != self._signals_seen:
                     self._signals_seen = self.signal_count
                     self.abort() if self.signal_count > 1 else self.drain()
@@ -272,8 +276,10 @@ class Router(WorkerLifecycle, CreditAndLeasing, AckHandling, EndOfStream, Shared
             self.on_ready(w, msg)
         elif cmd == P.EOS:
             self.on_eos(w, msg)
+            self._eos_due = True
         elif cmd == P.BYE:
             self.on_bye(w, msg)
+            self._eos_due = True
         elif cmd == P.FAILED:
             self.on_failed(w, msg)
         else:
