@@ -9,7 +9,8 @@ import pytest
 
 from flow.engine.launcher import LocalLauncher
 from flow.engine.run import RunOptions, run
-from flow.engine.zygote import ForkedProcess, Zygote, preload_modules, wants_kernels
+from flow.engine.zygote import (ForkedProcess, Zygote, preload_modules, wants_kernels,
+                                yaml_modules)
 from flow.observe.summary import EXIT_OK
 from tests.steps import read_jsonl
 from tests.test_engine_e2e import load
@@ -105,6 +106,27 @@ def test_the_template_preloads_the_modules_of_the_steps():
     modules = preload_modules(graph)
     assert modules[:3] == ["numpy", "zmq", "msgpack"]
     assert "stages.calib" in modules and "stages.io.hdf5" in modules
+
+
+def test_the_template_started_from_the_files_text_preloads_what_the_graph_would():
+    path = os.path.join(os.path.dirname(__file__), "..", "configs", "demo.yaml")
+    with open(path) as f:
+        text = f.read()
+    assert yaml_modules(text) == preload_modules(load_like_demo())
+    spawn = text.replace("cpu_budget: 0}", "cpu_budget: 0, start_method: spawn}")
+    assert spawn != text and yaml_modules(spawn) is None
+    assert yaml_modules("just: [a, list]") is None and yaml_modules("{{{") is None
+
+
+def test_a_file_that_fails_validation_leaves_no_template_behind(tmp_path, capsys):
+    from flow.cli.app import main
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(PIPE.replace("METHOD", "zygote").replace("n: 500", "n: many"))
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    assert main(["run", str(bad), "--quiet"]) != 0
+    assert "bad.yaml" in capsys.readouterr().err
+    left = [p for p in psutil.Process().children(recursive=True) if p.pid not in before]
+    assert not [p for p in left if p.is_running() and p.status() != psutil.STATUS_ZOMBIE], left
 
 
 def load_like_demo():

@@ -48,23 +48,32 @@ def _shard(text: str) -> tuple[int, int]:
     return i, n
 
 
-def _options(args: argparse.Namespace):
+def _options(args: argparse.Namespace, template=None):
     from flow.engine.run import RunOptions
     return RunOptions(inline=args.inline, quiet=args.quiet, summary_json=args.summary_json,
                       stats_jsonl=args.stats_jsonl, bind=args.bind, monitor=args.monitor,
                       control=args.control, keys_dir=args.keys, insecure=args.insecure,
                       resume=args.resume, gui=args.gui, metrics_port=args.metrics_port,
-                      scale=not args.no_scale, shard=args.shard)
+                      scale=not args.no_scale, shard=args.shard, template=template)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
+    from flow.engine.launcher import local_env
     from flow.engine.run import run
-    graph = load_from_args(args)
+    from flow.engine.zygote import early_template
+    # the worker template starts from the file's text, while the graph is loaded and validated
+    template = None if args.inline else early_template(args.file, local_env())
+    try:
+        graph = load_from_args(args)
+    except BaseException:
+        if template is not None:
+            template.close(wait_s=0)
+        raise
     if args.dead_letter:
         graph = replace(graph, router=replace(graph.router, dead_letter=args.dead_letter))
-    return run(graph, _options(args)).exit_code
+    return run(graph, _options(args, template)).exit_code
 
 
 COMMAND = Command("run", "run a pipeline with a router and worker processes (live view, then summary)",

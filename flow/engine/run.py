@@ -45,6 +45,7 @@ class RunOptions:
     print_summary: bool = True              # the end-of-run table (also with quiet)
     shard: tuple[int, int] | None = None    # (i, n): this run keeps the keys hashing to i mod n
     on_start: object = None                 # callback(router, publisher) once sockets are bound
+    template: object = None                 # a worker template started already (`flow run`)
 
 
 def use_spec(obj) -> str:
@@ -83,6 +84,11 @@ def run(graph: Graph, options: RunOptions | None = None) -> RunSummary:
     """Run ``graph`` to completion and return its summary (also written as JSON if asked)."""
     options = options or RunOptions()
     default_numba_cache()   # in effect if numba is not loaded yet (an inline run's steps)
+    zygote = options.template
+    if zygote is not None and (options.inline or
+                               getattr(graph.router, "start_method", "zygote") != "zygote"):
+        zygote.close(wait_s=0)   # started from the file's text, but the run uses none
+        zygote = None
     if options.inline:
         context, total = prepare_context(graph, options.resume, options.shard)
         summary = _run_inline(graph, context)
@@ -90,9 +96,10 @@ def run(graph: Graph, options: RunOptions | None = None) -> RunSummary:
         # the worker template imports the steps' modules while this process asks the producers
         # for their context (a file's subarray: seconds for 100+ telescopes): the two overlap.
         # Not imported at the top: `python -m flow.engine.zygote` imports `flow`, so this module.
-        from flow.engine.launcher import local_env
-        from flow.engine.zygote import start_template
-        zygote = start_template(graph, local_env())
+        if zygote is None:
+            from flow.engine.launcher import local_env
+            from flow.engine.zygote import start_template
+            zygote = start_template(graph, local_env())
         try:
             context, total = prepare_context(graph, options.resume, options.shard)
             summary = _run_router(graph, context, total, options, zygote)

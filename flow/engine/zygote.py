@@ -293,8 +293,9 @@ class Zygote:
         line, self._buffer = self._buffer.split(b"\n", 1)
         return line.decode(errors="replace").strip()
 
-    def close(self) -> None:
-        """Stop the template (the workers it started go on until their router is gone)."""
+    def close(self, wait_s: float = 0.5) -> None:
+        """Stop the template (the workers it started go on until their router is gone); one
+        still busy after ``wait_s`` is killed."""
         try:
             self.proc.stdin.close()
         except OSError:
@@ -305,7 +306,7 @@ class Zygote:
             os.close(self._replies)
             self._replies = None
         try:   # it leaves at once; it holds nothing, so a slow exit is cut short (a run's end)
-            self.proc.wait(0.5)
+            self.proc.wait(wait_s)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
@@ -324,6 +325,51 @@ def preload_modules(graph) -> list[str]:
         if module and module != "__main__" and module not in modules:
             modules.append(module)
     return modules
+
+
+def yaml_modules(text: str) -> list[str] | None:
+    """`preload_modules` of a pipeline file's text, from its ``use`` strings alone (nothing
+    imported, nothing validated), or None where no template runs for it (``router: {start_method:
+    spawn}``, or text that is not a pipeline). Short names and objects are left to the workers."""
+    import yaml
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return None
+    if not isinstance(data, dict) or not isinstance(data.get("steps"), list):
+        return None
+    router = data.get("router") or {}
+    if not isinstance(router, dict) or router.get("start_method", "zygote") != "zygote":
+        return None
+    modules = ["numpy", "zmq", "msgpack"]
+    for step in data["steps"]:
+        use = step.get("use") if isinstance(step, dict) else None
+        if not isinstance(use, str):
+            continue
+        module = use.partition(":")[0] if ":" in use else use.rpartition(".")[0]
+        if module and module not in modules:
+            modules.append(module)
+    return modules
+
+
+def early_template(path, env: dict) -> Zygote | None:
+    """The worker template for the pipeline file ``path``, started from its text before the graph
+    is loaded (`flow run`): validating imports every step's module in the router's process (a third
+    of a second on the demo), and the template's own imports and kernels overlap it. None where no
+    template runs; the run checks the validated graph again (`flow.engine.run.run`)."""
+    if not hasattr(os, "fork"):
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            modules = yaml_modules(f.read())
+    except (OSError, UnicodeDecodeError):
+        return None
+    if modules is None:
+        return None
+    try:
+        return Zygote(modules, env)
+    except OSError:
+        return None
 
 
 def start_template(graph, env: dict) -> Zygote | None:
