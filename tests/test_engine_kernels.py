@@ -80,3 +80,38 @@ def test_an_unreadable_manifest_is_an_empty_one(tmp_path):
     assert kernels.read_manifest(str(bad)) == {}
     assert kernels.read_manifest(str(tmp_path / "missing.json")) == {}
     assert kernels.load_used(str(bad)) == 0
+
+
+CALLER = '''
+import numba
+
+
+@numba.njit(cache=True)
+def double(x):
+    return x * 2.0
+
+
+@numba.njit(cache=True)
+def quadruple(x):   # calls the other kernel: compiled fresh, it links the one loaded
+    return double(double(x))
+'''
+
+
+def test_a_kernel_compiled_after_the_load_can_call_the_loaded_ones(tmp_path, step_module):
+    """The template's kernels are usable as callees: a worker compiling a new kernel (a signature
+    no earlier run used) that calls a loaded one links it (numba's own cache load registers it
+    with its target context; so must `load_used`)."""
+    import os
+    import subprocess
+    import sys
+    step_module("kern_caller", textwrap.dedent(CALLER))
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"))
+    first = ("import kern_caller; from flow.engine import kernels; kern_caller.double(1.0); "
+             "print(kernels.record_used())")
+    then = ("import kern_caller; from flow.engine import kernels; print(kernels.load_used()); "
+            "print(kern_caller.quadruple(1.5))")
+    for code, expected in ((first, ["1"]), (then, ["1", "6.0"])):
+        done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                              text=True, timeout=120)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert done.stdout.split() == expected

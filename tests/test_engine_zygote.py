@@ -9,8 +9,7 @@ import pytest
 
 from flow.engine.launcher import LocalLauncher
 from flow.engine.run import RunOptions, run
-from flow.engine.zygote import (ForkedProcess, Zygote, preload_modules, wants_kernels,
-                                yaml_modules)
+from flow.engine.zygote import ForkedProcess, Zygote, preload_modules, wants_kernels, yaml_modules
 from flow.observe.summary import EXIT_OK
 from tests.steps import read_jsonl
 from tests.test_engine_e2e import load

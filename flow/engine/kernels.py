@@ -115,7 +115,10 @@ def load_used(path: str | None = None) -> int:
                 cres = dispatcher._cache.load_overload(sig, dispatcher.targetctx)
             except Exception:
                 continue
-            if cres is not None:
+            if cres is not None:   # as numba's own cache hit (Dispatcher.compile) registers it
+                if not cres.objectmode:   # a kernel compiled later may call it: it links this one
+                    dispatcher.targetctx.insert_user_function(cres.entry_point, cres.fndesc,
+                                                              [cres.library])
                 dispatcher.add_overload(cres)
                 loaded += 1
     return loaded
