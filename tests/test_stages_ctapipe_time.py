@@ -43,3 +43,14 @@ def test_a_runs_trigger_times_in_one_call_equal_one_event_at_a_time():
         assert set(tels) == set(expected)
         for tel_id, offset in expected.items():
             assert np.array_equal(tels[tel_id], ns_after(trigger["gps_time"], offset)), tel_id
+
+
+def test_trigger_rows_convert_the_times_themselves_as_the_writer_does_for_a_run():
+    from stages.io.ctapipe_events import trigger_rows
+    trigger = {"gps_time": CENTRAL, "tels": [1, 4, 9], "times_ns": OFFSETS[:3]}
+    event = {"obs_id": 1, "event_id": 7, "tels": {1: {}, 4: {}}}
+    alone = trigger_rows(event, [1, 2, 4, 9], trigger)
+    given = trigger_rows(event, [1, 2, 4, 9], trigger, trigger_times({7: trigger})[7])
+    assert [k for k, _ in alone] == [k for k, _ in given] and len(alone) == 4
+    for (_, a), (_, b) in zip(alone, given, strict=True):
+        assert a.tobytes() == b.tobytes()

@@ -313,18 +313,26 @@ class Zygote:
         shutil.rmtree(self.status_dir, ignore_errors=True)
 
 
-def preload_modules(graph) -> list[str]:
-    """The modules a zygote imports for ``graph``: numpy, zmq and each step's module."""
-    from flow.graph.model import resolve_use
+def _with_base(step_modules) -> list[str]:
+    """numpy, zmq, msgpack, then each of ``step_modules`` once, in order (empty names and
+    ``__main__`` left out)."""
     modules = ["numpy", "zmq", "msgpack"]
-    for spec in getattr(graph, "steps", ()):
-        try:
-            module = getattr(resolve_use(spec.use), "__module__", None)
-        except Exception:   # validation reports it; the worker will too
-            module = None
+    for module in step_modules:
         if module and module != "__main__" and module not in modules:
             modules.append(module)
     return modules
+
+
+def preload_modules(graph) -> list[str]:
+    """The modules a zygote imports for ``graph``: numpy, zmq and each step's module."""
+    from flow.graph.model import resolve_use
+
+    def module_of(spec):
+        try:
+            return getattr(resolve_use(spec.use), "__module__", None)
+        except Exception:   # validation reports it; the worker will too
+            return None
+    return _with_base(module_of(spec) for spec in getattr(graph, "steps", ()))
 
 
 def yaml_modules(text: str) -> list[str] | None:
@@ -341,15 +349,9 @@ def yaml_modules(text: str) -> list[str] | None:
     router = data.get("router") or {}
     if not isinstance(router, dict) or router.get("start_method", "zygote") != "zygote":
         return None
-    modules = ["numpy", "zmq", "msgpack"]
-    for step in data["steps"]:
-        use = step.get("use") if isinstance(step, dict) else None
-        if not isinstance(use, str):
-            continue
-        module = use.partition(":")[0] if ":" in use else use.rpartition(".")[0]
-        if module and module not in modules:
-            modules.append(module)
-    return modules
+    uses = [step.get("use") for step in data["steps"] if isinstance(step, dict)]
+    return _with_base(use.partition(":")[0] if ":" in use else use.rpartition(".")[0]
+                      for use in uses if isinstance(use, str))
 
 
 def early_template(path, env: dict) -> Zygote | None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from .ctapipe_layout import EVENT_TYPE_SUBARRAY, axis_distances, fill, rows, tel_mask
-from .ctapipe_time import ns_after, unix_to_ctao_high_res
+from .ctapipe_time import trigger_times
 
 SHOWER = "simulation/event/subarray/shower"
 PARAMS = "dl1/event/telescope/parameters/tel_NNN"
@@ -66,7 +66,7 @@ def trigger_rows(event: dict, subarray_ids: list[int], trigger: dict | None,
     tels = sorted(int(t) for t in (event.get("tels") or {}))
     if trigger:
         triggered = [t for t in trigger["tels"] if t in set(subarray_ids)]
-        time, tel_times = times if times is not None else _trigger_times(trigger)
+        time, tel_times = times if times is not None else trigger_times({0: trigger})[0]
     else:
         time, triggered, tel_times = np.zeros(2, np.uint32), tels, {}
     out = [("dl1/event/subarray/trigger", fill(
@@ -78,15 +78,6 @@ def trigger_rows(event: dict, subarray_ids: list[int], trigger: dict | None,
         out.append(("dl1/event/telescope/trigger", fill(rows("dl1/event/telescope/trigger", 1), dict(
             ids(event, tel_id), time=tel_time, event_type=EVENT_TYPE_SUBARRAY, n_trigger_pixels=-1))))
     return out
-
-
-def _trigger_times(trigger: dict) -> tuple:
-    central = trigger["gps_time"]
-    times = dict(zip(trigger["tels"], trigger["times_ns"], strict=False))
-    timed = list(times)
-    tel_times = dict(zip(timed, ns_after(central, [times[t] for t in timed]), strict=True)) \
-        if timed else {}
-    return unix_to_ctao_high_res(*central), tel_times
 
 
 def parameter_row(event: dict, tel_id: int, params: dict, kind: str = PARAMS) -> np.ndarray:

@@ -116,8 +116,6 @@ def description(dtype: np.dtype):
 
 
 _PY_SCALARS = (bool, bytes, int, float, complex, str, np.str_)
-
-
 _SYS_ATTRS = frozenset(tables.attributeset.SYS_ATTRS)
 
 
@@ -133,9 +131,9 @@ def set_attrs(node: tables.Node, values: dict) -> None:
     table has about 120, and each ``__setitem__`` costs ~25 µs of Python besides the HDF5 write
     (the serial writer of a sim_telarray run creates ~400 such tables)."""
     attrs = node._v_attrs
-    plain = {name: value for name, value in values.items() if not _system_name(name)}
-    if node._v_file.is_undo_enabled() or not hasattr(attrs, "_g_setattr"):
-        plain = {}
+    own_way = node._v_file.is_undo_enabled() or not hasattr(attrs, "_g_setattr")
+    plain = {} if own_way else {name: value for name, value in values.items()
+                                if not _system_name(name)}
     for name in values.keys() - plain.keys():   # system names, or undo logging: PyTables' own way
         attrs[name] = values[name]
     if not plain:
