@@ -316,3 +316,32 @@ def test_kept_mappings_of_removed_segments_are_forgotten(store):
     store.release(names[1], unlink=True)        # its creator is gone: removed
     assert store.forget_unlinked() == 1 and set(store._mapped) == {names[0], names[2]}
     assert np.frombuffer(store.attach(names[2]), np.float64)[0] == 2.0
+
+
+def test_arena_room_says_whether_the_next_event_fits(store):
+    from flow.wire.shm import ARENA_BYTES
+    producer = ShmStore(store.prefix, 1 << 10, pool_bytes=64 << 20)
+    assert producer.arena_room() == -1                     # no arena yet
+    event = np.ones(1_100_000 // 8)                        # 1.1 MB, as an SST-1M event
+    for k in range(1, 4):
+        before = producer.arena_bytes
+        producer.put(event)
+        used = producer.arena_bytes - before
+        assert used == event.nbytes + (-event.nbytes % 64)
+        assert producer.arena_room() == ARENA_BYTES - k * used
+    assert producer.arena_room() < used                    # a fourth would spill: end the message
+    producer.seal()
+    assert producer.arena_room() == -1
+
+
+def test_a_segment_released_out_of_order_is_taken_back(store):
+    """Two workers finish their leases out of order: the creator finds the free segment behind
+    the busy ones instead of making (and page-faulting) another."""
+    producer = ShmStore(store.prefix, 1 << 16, pool_bytes=64 << 20)
+    names = []
+    for i in range(6):
+        names.append(producer.put(np.full(1 << 18, float(i)))[0])
+        producer.seal()
+    store.release(names[4])                                # only the fifth is done
+    again, _ = producer.put(np.full(1 << 18, 9.0))
+    assert again == names[4] and producer.reused == 1

@@ -338,14 +338,18 @@ class Worker:
             finished = False
             t_first = 0.0
             encode, batch_max, clock = self.encode, self.batch_max, time.perf_counter
+            shm = self.shm
             try:
                 for key, target, event in outputs:
+                    arena0 = shm.arena_bytes if shm is not None else 0
                     f = encode(event)
                     out.append([key, path, target])
                     frames.append(f)
                     nbytes += payload_size(f)
                     if len(out) >= batch_max or nbytes >= BATCH_BYTES:
                         break
+                    if shm is not None and 0 < shm.arena_bytes - arena0 > shm.arena_room():
+                        break    # the next event like this one would spill into a new arena
                     if not t_first:
                         t_first = clock()
                     elif clock() - t_first >= BATCH_FLUSH_S:

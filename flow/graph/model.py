@@ -48,7 +48,7 @@ class RouterOptions:
     """Router settings (the YAML ``router:`` mapping). Each field's help is in its metadata."""
 
     queue_limit: int = _opt(1000, "events queued per step before upstream credit stops")
-    queue_limit_bytes: int = _opt(256 << 20, "bytes queued per step before upstream credit stops")
+    queue_limit_bytes: int = _opt(32 << 20, "bytes queued per step before upstream credit stops")
     heartbeat_s: float = _opt(1.0, "seconds between heartbeats on the data sockets")
     liveness: int = _opt(10, "missed heartbeats before a worker is declared dead")
     max_retries: int = _opt(3, "failures of one event before it goes to the dead-letter file")

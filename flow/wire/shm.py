@@ -39,7 +39,8 @@ from flow.errors import ProtocolError
 
 SHM_DIR = "/dev/shm"
 FREE = "~free"          # suffix of a released pooled segment, waiting for its creator
-POOL_TRIES = 2          # pooled segments a put() tries to take back before making another
+POOL_TRIES = 16         # pooled segments a put() tries to take back before making another (a try is one
+#                         failed rename; a new 4 MB segment is ~1000 page faults, 2-12 us each on a VM)
 ARENA_BYTES = 4 << 20   # arrays of one message share a segment of this size (see ShmStore.put)
 MAP_CACHE = 4096        # mappings of other processes' pooled segments kept for re-use ...
 MAP_CACHE_BYTES = 256 << 20   # ... and their bytes, at most
@@ -117,6 +118,7 @@ class ShmStore:
         self._pooled = 0
         self._arena: tuple[str, mmap.mmap] | None = None   # (name, mapping) being filled by put
         self._arena_pos = 0
+        self.arena_bytes = 0                   # bytes put into arenas so far (see `arena_room`)
         self.reused = 0                        # puts served by a recycled segment
 
     def _path(self, name: str) -> str:
@@ -152,7 +154,15 @@ class ShmStore:
         offset = self._arena_pos
         np.frombuffer(mm, np.uint8, n, offset)[:] = arr.reshape(-1).view(np.uint8)
         self._arena_pos = offset + n + (-n % 64)    # the next array 64-byte aligned
+        self.arena_bytes += self._arena_pos - offset
         return name, offset
+
+    def arena_room(self) -> int:
+        """Bytes left in the arena being filled (-1: none is). A producer ends its message when
+        the next event would not fit: a message spilling into a second arena leaves most of it
+        empty, and the arena, sealed with the message, holds those pages until it is released
+        (1 MB events in 4 MB messages took two arenas each: twice the pool and its page faults)."""
+        return -1 if self._arena is None else len(self._arena[1]) - self._arena_pos
 
     def seal(self) -> None:
         """The message whose arrays fill the current arena is being sent: the next `put` starts
