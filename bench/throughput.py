@@ -49,6 +49,7 @@ from flow.graph.model import RouterOptions, step  # noqa: E402
 
 SIZES = {"100B": 100, "7KB": 7 * 1024, "150KB": 150 * 1024, "4MB": 4 * 1024 * 1024}
 COPY_THRESHOLD = 64 * 1024   # raw sender: copy=False at and above this size
+RAW_TIMEOUT_MS = 30_000      # raw receiver: give up (naming the sender's exit code) after this
 
 # events per measurement: (raw, engine, chain4); chosen so that each takes ~0.5-3 s on 2 cores
 COUNTS_FULL = {"100B": (200_000, 40_000, 20_000), "7KB": (100_000, 30_000, 15_000),
@@ -82,13 +83,24 @@ def raw_rate(size: int, n: int, tmp: str) -> float:
     proc = mp.get_context("spawn").Process(target=_raw_sender, args=(endpoint, size, n))
     proc.start()
     copy = size < COPY_THRESHOLD
-    pull.recv(copy=copy)
-    t0 = time.perf_counter()
-    for _ in range(n - 1):
+    pull.setsockopt(zmq.RCVTIMEO, RAW_TIMEOUT_MS)   # a sender that died must not hang the bench
+    got = 0
+    try:
         pull.recv(copy=copy)
-    t1 = time.perf_counter()
+        got = 1
+        t0 = time.perf_counter()
+        for _ in range(n - 1):
+            pull.recv(copy=copy)
+            got += 1
+        t1 = time.perf_counter()
+    except zmq.Again:
+        proc.join(1.0)
+        raise RuntimeError(f"raw PUSH/PULL ({size} B): {got} of {n} messages, then nothing for "
+                           f"{RAW_TIMEOUT_MS / 1000:.0f} s (sender exit code {proc.exitcode})"
+                           ) from None
+    finally:
+        pull.close(0)
     proc.join()
-    pull.close(0)
     return (n - 1) / (t1 - t0)
 
 
