@@ -348,7 +348,8 @@ class Worker:
                     nbytes += payload_size(f)
                     if len(out) >= batch_max or nbytes >= BATCH_BYTES:
                         break
-                    if shm is not None and 0 < shm.arena_bytes - arena0 > shm.arena_room():
+                    used = shm.arena_bytes - arena0 if shm is not None else 0
+                    if used and used > shm.arena_room():
                         break    # the next event like this one would spill into a new arena
                     if not t_first:
                         t_first = clock()
