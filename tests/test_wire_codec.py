@@ -337,6 +337,9 @@ def nd(dtype: bytes, shape, tail=b"", code=EXT_NDARRAY_INLINE):
         ([msgpack.packb([-1, msgpack.Timestamp(2**40, 7)])], "timestamp"),
         ([b"\x91\xc8\x00\x0c\xff" + bytes(12)], "timestamp"),          # ext 16, 12 bytes
         ([b"\x91\xc9\x00\x00\x00\x0c\xff" + bytes(12)], "timestamp"),  # ext 32, 12 bytes
+        # a timestamp after 300 ints -1 (0xff bytes): past the hops, the substring search finds it
+        ([msgpack.packb([-1] * 300 + [msgpack.Timestamp(5, 7)])], "timestamp"),
+        ([msgpack.packb([-1] * 3 + [msgpack.Timestamp(5, 7)])], "timestamp"),
         ([nd(b"|O8", (1,), b"\0" * 8)], "not in the allow-list"),
         ([nd(b"|V8", (1,), b"\0" * 8)], "not in the allow-list"),
         ([nd(b"<M8", (1,), b"\0" * 8)], "not in the allow-list"),
@@ -650,3 +653,17 @@ def test_encode_frame_ext_cache_keeps_positions_lengths_and_layout():
     for n in range(codec._CACHE_MAX + 10):
         assert decode(wire(encode([np.zeros(n + 1, "u2")], inline_max=0)))[0].shape == (n + 1,)
     assert all(len(c) <= codec._CACHE_MAX for c in codec._FRAME_EXTS.values())
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=600), st.integers(0, 6), st.sampled_from([b"", b"\xd6", b"\xd7", b"\x0c"]),
+       st.booleans())
+def test_the_timestamp_search_sees_what_a_substring_search_sees(data, runs, lead, lead_last):
+    """`_may_hold_timestamp` hops between 0xff bytes, then falls back to substring searches: on
+    any bytes, with few or many 0xff, a timestamp's lead byte early or late, it says what the
+    three substring searches say."""
+    from flow.wire.codec import _may_hold_timestamp
+    tail = lead + b"\xff" if lead_last else b""
+    header = (b"" if lead_last else lead) + data + b"\xff" * (runs * 40) + data[::-1] + tail
+    expected = b"\xd6\xff" in header or b"\xd7\xff" in header or b"\x0c\xff" in header
+    assert _may_hold_timestamp(header) is expected
