@@ -303,6 +303,44 @@ def test_the_arrays_of_one_message_share_an_arena_until_it_is_sealed(store):
     assert off == 0 and name not in names
 
 
+def test_an_arena_filled_across_messages_is_not_released_while_it_is_written(store):
+    """The first message's events are done before the next message's arrays go into the same
+    arena: the producer's pin keeps the router from recycling it under them, and its unpin, with
+    the message after the arena is full, lets the router release it."""
+    from flow.wire.ledger import SegmentLedger
+    from flow.wire.shm import ARENA_BYTES
+    producer = ShmStore(store.prefix, 1 << 10, pool_bytes=64 << 20)
+    ledger = SegmentLedger(store)                          # the router's account
+
+    def send(arrays):   # encode a message, then the router queues it and applies its pins
+        names = [producer.put(a)[0] for a in arrays]
+        pins, unpins = producer.arena_pins()
+        ledger.hold([f"{n}:1" for n in names], +1)
+        ledger.pin(b"producer", {"pins": pins, "unpins": unpins})
+        return names, pins, unpins
+
+    first, pins, unpins = send([np.full(1000, 1.0)])
+    assert pins == first and unpins == []
+    ledger.hold([f"{first[0]}:1"], -1)                     # its lease is done: the arena stays
+    assert os.path.exists(os.path.join(SHM_DIR, first[0]))
+    second, pins, unpins = send([np.full(1000, 2.0)])
+    assert second == first and pins == [] and unpins == []   # the same arena, pinned once
+    half = np.full(ARENA_BYTES // 2 // 8, 3.0)
+    third, pins, unpins = send([half, half])               # the second half does not fit
+    arena = first[0]
+    assert third[0] == arena and third[1] != arena
+    assert pins == [third[1]] and unpins == [arena]        # sealed: unpinned with this message
+    assert os.path.exists(os.path.join(SHM_DIR, arena))     # ... still referenced by two batches
+    view = np.frombuffer(store.attach(arena), np.float64)
+    second_at = (8000 + -8000 % 64) // 8                  # 64-byte aligned after the first
+    assert view[0] == 1.0 and view[second_at] == 2.0 and view[second_at - 1] == 1.0
+    del view
+    ledger.hold([f"{arena}:1"], -1)                        # the second message's lease
+    ledger.hold([f"{arena}:1", f"{third[1]}:1"], -1)       # the third's
+    assert os.path.exists(os.path.join(SHM_DIR, arena + FREE))   # released to its creator
+    assert os.path.exists(os.path.join(SHM_DIR, third[1]))       # the open arena: pinned
+
+
 def test_kept_mappings_of_removed_segments_are_forgotten(store):
     producer = ShmStore(store.prefix, 1 << 10, pool_bytes=16 << 20)
     names = []

@@ -162,8 +162,6 @@ class Worker:
         """Send outputs ``[key, path, target]`` with their encoded frames, small ones packed into
         one blob, which goes through shared memory when it is large (the router then moves only
         its name). Shared-memory pins are reported once the payloads are packed."""
-        if self.shm is not None:
-            self.shm.seal()    # this message's arrays are written: its arena is complete
         sizes, small, big, refs = P.split_payloads(payloads)
         routed = False
         for entry, sz in zip(out, sizes, strict=False):
@@ -187,8 +185,8 @@ class Worker:
             frames = [b"".join(small), *big]
         small.clear()
         payloads.clear()      # copied into the blob: views of the input may go now
-        if self.shm is not None and command == P.ACK:
-            self.pin_report(envelope)
+        if self.shm is not None:
+            self.pin_report(envelope, command == P.ACK)
         if refs:
             envelope["shm"] = refs
         self.send(command, envelope, frames)
@@ -531,9 +529,14 @@ class Worker:
             raise ProtocolError("shared-memory blob reference beyond its segment")
         return [view[:int(n)], *msg.frames[1:]]
 
-    def pin_report(self, env: dict) -> None:
-        pins = self.shm.retained(self.shm.take_touched())
-        unpins = self.shm.take_released()
+    def pin_report(self, env: dict, attached: bool = True) -> None:
+        """The pins and unpins a message carries: this process's open arena and the ones it
+        sealed since (`flow.wire.shm.ShmStore.arena_pins`), and, after a lease (``attached``),
+        the segments of its input it kept and those it has let go."""
+        pins, unpins = self.shm.arena_pins()
+        if attached:
+            pins += self.shm.retained(self.shm.take_touched())
+            unpins += self.shm.take_released()
         if pins:
             env["pins"] = pins
         if unpins:

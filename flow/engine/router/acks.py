@@ -40,9 +40,12 @@ class AckHandling:
         pos = msg.envelope.get("pos", st.resume_from)
         if type(pos) is not int or pos < st.resume_from:
             raise ProtocolError("malformed pos in PRODUCE")
+        refs = self._refs(msg)
+        self.check_pins(msg.envelope)   # the producer's open arena (flow/wire/shm.py arena_pins)
         st.resume_from = pos        # a replacement resumes after this event
         w.credit_out = max(0, w.credit_out - 1)
-        n = self.enqueue_outputs(st, out, msg.frames, *self._refs(msg))
+        n = self.enqueue_outputs(st, out, msg.frames, *refs)
+        self.pin(w, msg.envelope)
         w.done += n
         st.n_out += n
         self.produced += n
