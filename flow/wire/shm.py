@@ -137,8 +137,8 @@ class ShmStore:
         in when it was received that way, else the current arena (arrays up to ``ARENA_BYTES/2``)
         or a recycled or new segment of its own, which it is copied into.
 
-        The arena: the arrays of one message share a segment, so recycling one (a rename by the
-        router, a rename back here) is paid per message, not per array (150 KB events: one
+        The arena: the arrays of consecutive messages share a segment, so recycling one (a rename
+        by the router, a rename back here) is paid per arena, not per array (150 KB events: one
         segment per 27 events instead of one each). An arena is filled up across messages and
         pinned at the router while it is (`arena_pins`), so it is never recycled while it is
         still being written; `seal` ends it when the next array does not fit."""
